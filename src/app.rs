@@ -1,0 +1,64 @@
+//! `AppState`: the shared dependencies every handler reaches through, and the one function
+//! that wires them from a [`Config`].
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::auth::{self, Auth};
+use crate::config::Config;
+use crate::db::Db;
+
+/// Cheap to clone; every field is shared.
+#[derive(Clone)]
+pub struct AppState {
+    /// The effective configuration, validated.
+    pub config: Arc<Config>,
+    /// SQLite: one writer, pooled readers.
+    pub db: Db,
+    /// Token keys, password hasher, login throttle.
+    pub auth: Arc<Auth>,
+    /// `EASY_WRITER_TRUSTED_PROXIES`, parsed once.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
+}
+
+impl AppState {
+    /// Creates the data directory, opens and migrates the database, and loads (or generates)
+    /// the JWT secret. Touches no network.
+    pub fn new(config: Config) -> anyhow::Result<AppState> {
+        let db = open_db(&config)?;
+        let secret = match &config.auth.jwt_secret {
+            Some(secret) => secret.expose().as_bytes().to_vec(),
+            None => {
+                auth::jwt::load_or_generate_secret(&config.server.data_dir).with_context(|| {
+                    format!(
+                        "cannot keep the JWT secret in {}",
+                        config.server.data_dir.display()
+                    )
+                })?
+            }
+        };
+        Ok(AppState {
+            auth: Arc::new(Auth::new(&config.auth, &secret)),
+            trusted_proxies: config.trusted_proxies().into(),
+            db,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Creates the data directory (0700) and opens the database, applying pending migrations.
+pub fn open_db(config: &Config) -> anyhow::Result<Db> {
+    let dir = &config.server.data_dir;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    let path = config.server.database_path();
+    Db::open(&path).with_context(|| format!("cannot open database {}", path.display()))
+}

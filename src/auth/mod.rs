@@ -1,0 +1,127 @@
+//! Accounts and sign-in: passwords, access tokens, refresh token families, login throttling,
+//! and the extractors that authenticate requests.
+//!
+//! Access tokens are short-lived JWTs; refresh tokens are opaque, stored hashed, rotated on
+//! every use, and grouped in families (`auth_sessions`) so that reuse of a stolen token revokes
+//! the family and a logout or password change ends sessions at once (ARCHITECTURE.md, "Auth").
+
+pub mod extract;
+pub mod jwt;
+pub mod password;
+pub mod routes;
+pub mod store;
+pub mod throttle;
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+
+use crate::config;
+use crate::db;
+use crate::error::ApiError;
+
+/// Everything sign-in needs besides the database.
+pub struct Auth {
+    pub keys: jwt::Keys,
+    pub hasher: password::Hasher,
+    pub throttle: throttle::Throttle,
+    pub cookie: CookiePolicy,
+    pub refresh_grace_secs: u64,
+    pub signup_bonus: i64,
+    pub max_failures_per_email: u32,
+    pub max_failures_per_ip: u32,
+}
+
+/// Attributes of the `refresh_token` cookie.
+#[derive(Debug, Clone)]
+pub struct CookiePolicy {
+    pub secure: bool,
+    pub same_site: axum_extra::extract::cookie::SameSite,
+}
+
+impl Auth {
+    pub fn new(cfg: &config::Auth, secret: &[u8]) -> Auth {
+        use axum_extra::extract::cookie::SameSite;
+        Auth {
+            keys: jwt::Keys::new(secret),
+            hasher: password::Hasher::new(),
+            throttle: throttle::Throttle::default(),
+            cookie: CookiePolicy {
+                secure: cfg.cookie_secure,
+                same_site: match cfg.cookie_samesite.as_str() {
+                    "strict" => SameSite::Strict,
+                    "none" => SameSite::None,
+                    _ => SameSite::Lax,
+                },
+            },
+            refresh_grace_secs: cfg.refresh_grace_secs,
+            signup_bonus: cfg.signup_bonus,
+            max_failures_per_email: cfg.login_max_failures,
+            max_failures_per_ip: cfg.login_max_failures_per_ip,
+        }
+    }
+}
+
+/// What can go wrong while authenticating; each variant is one documented error code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Not authenticated")]
+    NotAuthenticated,
+    #[error("Token has expired")]
+    TokenExpired,
+    #[error("Invalid token")]
+    InvalidToken,
+    #[error("Invalid email or password")]
+    InvalidCredentials,
+    #[error("User is inactive")]
+    Inactive,
+    #[error("Email already registered")]
+    EmailTaken,
+    #[error("Too many failed login attempts, try again later")]
+    TooManyAttempts { retry_after: Duration },
+    #[error("Admin rights required")]
+    Forbidden,
+    #[error(transparent)]
+    Db(#[from] db::Error),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Db(e.into())
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let detail = e.to_string();
+        match e {
+            Error::NotAuthenticated => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "not_authenticated", detail)
+            }
+            Error::TokenExpired => ApiError::new(StatusCode::UNAUTHORIZED, "token_expired", detail),
+            Error::InvalidToken => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", detail),
+            Error::InvalidCredentials => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", detail)
+            }
+            Error::Inactive => ApiError::new(StatusCode::FORBIDDEN, "inactive", detail),
+            Error::Forbidden => ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail),
+            Error::EmailTaken => ApiError::new(StatusCode::CONFLICT, "email_taken", detail),
+            Error::TooManyAttempts { retry_after } => {
+                let secs = retry_after.as_secs().max(1);
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", detail)
+                    .with("retry_after", secs)
+                    .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+            }
+            Error::Db(e) => ApiError::internal(&e),
+            Error::Internal(e) => ApiError::internal(&e),
+        }
+    }
+}
+
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        ApiError::from(self).into_response()
+    }
+}

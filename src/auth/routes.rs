@@ -1,0 +1,276 @@
+//! `/auth/*`: register, login, refresh, logout, me (CONTRACT §4 "Auth").
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum_extra::extract::cookie::{Cookie, CookieJar};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::extract::CurrentUser;
+use super::store::{self, REFRESH_TTL_SECS, Rotation};
+use super::{Auth, Error, jwt};
+use crate::app::AppState;
+use crate::billing::{self, ledger};
+use crate::error::{ApiError, ErrorBody};
+use crate::request::{AppJson, ClientIp};
+use crate::users::{self, UserResponse};
+
+/// Name and path of the refresh cookie (CONTRACT §4).
+pub const REFRESH_COOKIE: &str = "refresh_token";
+const COOKIE_PATH: &str = "/api/v1/auth";
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    /// At most 255 characters; unique regardless of case.
+    pub email: String,
+    /// At least 8 characters.
+    pub password: String,
+    /// At most 100 characters.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// HS256 JWT, valid for `expires_in` seconds.
+    pub access_token: String,
+    /// Always `bearer`.
+    pub token_type: &'static str,
+    /// Seconds: 900.
+    pub expires_in: i64,
+}
+
+/// The response of every successful sign-in: an access token, and the refresh token in the
+/// cookie jar.
+type SignedIn = (CookieJar, Json<TokenResponse>);
+
+fn signed_in(auth: &Auth, user_id: &str, issued: store::Issued) -> SignedIn {
+    let access_token = auth.keys.issue(user_id, &issued.session_id);
+    let cookie = Cookie::build((REFRESH_COOKIE, issued.refresh_token))
+        .http_only(true)
+        .secure(auth.cookie.secure)
+        .same_site(auth.cookie.same_site)
+        .path(COOKIE_PATH)
+        .max_age(time::Duration::seconds(REFRESH_TTL_SECS));
+    (
+        CookieJar::new().add(cookie),
+        Json(TokenResponse {
+            access_token,
+            token_type: "bearer",
+            expires_in: jwt::ACCESS_TTL_SECS,
+        }),
+    )
+}
+
+fn cleared_cookie(auth: &Auth) -> CookieJar {
+    let cookie = Cookie::build((REFRESH_COOKIE, ""))
+        .http_only(true)
+        .secure(auth.cookie.secure)
+        .same_site(auth.cookie.same_site)
+        .path(COOKIE_PATH)
+        .max_age(time::Duration::ZERO);
+    CookieJar::new().add(cookie)
+}
+
+/// Creates a local account and signs it in.
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered and signed in; sets the refresh cookie", body = TokenResponse),
+        (status = 409, description = "`email_taken`", body = ErrorBody),
+        (status = 422, description = "`validation_error`", body = ErrorBody),
+    ))]
+async fn register(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<RegisterRequest>,
+) -> Result<(StatusCode, SignedIn), ApiError> {
+    let (email, name) = users::validate_signup(&body.email, &body.password, body.name.as_deref())
+        .map_err(ApiError::validation)?;
+    let taken = {
+        let email = email.clone();
+        state
+            .db
+            .read(move |c| users::store::by_email(c, email.as_str()))
+            .await
+            .map_err(Error::from)?
+            .is_some()
+    };
+    if taken {
+        return Err(Error::EmailTaken.into());
+    }
+    let hashed = state
+        .auth
+        .hasher
+        .hash(body.password)
+        .await
+        .map_err(Error::from)?;
+    let bonus = state.auth.signup_bonus;
+    let (user_id, issued) = state
+        .db
+        .write(move |tx| {
+            let new = users::store::NewUser {
+                email: email.as_str(),
+                hashed_password: &hashed,
+                name: name.as_deref(),
+                is_admin: false,
+            };
+            let user = users::store::insert(tx, &new).map_err(|e| match e {
+                users::store::InsertError::EmailTaken => Error::EmailTaken,
+                users::store::InsertError::Db(e) => Error::Db(e),
+            })?;
+            if bonus > 0 {
+                let entry = ledger::Entry {
+                    user_id: &user.id,
+                    kind: billing::Kind::Adjustment,
+                    amount: bonus,
+                    description: Some("Signup bonus"),
+                    payment_id: None,
+                    reference: Some(&user.id),
+                };
+                ledger::record(tx, &entry).map_err(|e| Error::Internal(e.into()))?;
+            }
+            let issued = store::start_session(tx, &user.id)?;
+            Ok::<_, Error>((user.id, issued))
+        })
+        .await?;
+    tracing::info!(user.id = %user_id, "user registered");
+    Ok((
+        StatusCode::CREATED,
+        signed_in(&state.auth, &user_id, issued),
+    ))
+}
+
+/// Signs in with email and password.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in; sets the refresh cookie", body = TokenResponse),
+        (status = 401, description = "`invalid_credentials` (also for an unknown email)", body = ErrorBody),
+        (status = 403, description = "`inactive`", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts`, with `Retry-After`", body = ErrorBody),
+    ))]
+async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    AppJson(body): AppJson<LoginRequest>,
+) -> Result<SignedIn, ApiError> {
+    let auth = &state.auth;
+    let email_key = format!("email:{}", body.email.trim().to_lowercase());
+    let ip_key = format!("ip:{ip}");
+    for (key, max) in [
+        (&email_key, auth.max_failures_per_email),
+        (&ip_key, auth.max_failures_per_ip),
+    ] {
+        if let Err(retry_after) = auth.throttle.check(key, max) {
+            tracing::warn!(client.ip = %ip, "login throttled");
+            return Err(Error::TooManyAttempts { retry_after }.into());
+        }
+    }
+
+    let user = {
+        let email = body.email.clone();
+        state
+            .db
+            .read(move |c| users::store::by_email(c, &email))
+            .await
+            .map_err(Error::from)?
+    };
+    let stored = user.as_ref().and_then(|u| u.hashed_password.clone());
+    if !auth.hasher.verify(body.password, stored).await {
+        auth.throttle.record_failure(&email_key);
+        auth.throttle.record_failure(&ip_key);
+        tracing::info!(client.ip = %ip, "login failed");
+        return Err(Error::InvalidCredentials.into());
+    }
+    let user = user.expect("verify is false without a user");
+    if !user.is_active {
+        return Err(Error::Inactive.into());
+    }
+    auth.throttle.reset(&email_key);
+    let user_id = user.id.clone();
+    let issued = state
+        .db
+        .write(move |tx| store::start_session(tx, &user_id))
+        .await
+        .map_err(Error::from)?;
+    tracing::info!(user.id = %user.id, "user signed in");
+    Ok(signed_in(auth, &user.id, issued))
+}
+
+/// Exchanges the refresh cookie for a new access token and a new refresh cookie.
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth",
+    responses(
+        (status = 200, description = "Rotated; sets the new refresh cookie", body = TokenResponse),
+        (status = 401, description = "missing, expired, revoked or reused refresh token", body = ErrorBody),
+        (status = 403, description = "`inactive`", body = ErrorBody),
+    ))]
+async fn refresh(State(state): State<AppState>, jar: CookieJar) -> Result<SignedIn, ApiError> {
+    let token = jar
+        .get(REFRESH_COOKIE)
+        .map(|c| c.value().to_owned())
+        .filter(|v| !v.is_empty())
+        .ok_or(Error::NotAuthenticated)?;
+    let grace = state.auth.refresh_grace_secs;
+    let rotation = state
+        .db
+        .write(move |tx| store::rotate(tx, &token, grace))
+        .await
+        .map_err(Error::from)?;
+    match rotation {
+        Rotation::Rotated { issued, user_id } => Ok(signed_in(&state.auth, &user_id, issued)),
+        Rotation::Inactive => Err(Error::Inactive.into()),
+        Rotation::Expired => Err(Error::TokenExpired.into()),
+        Rotation::Reused => {
+            tracing::warn!("rotated refresh token reused; its family is revoked");
+            Err(Error::InvalidToken.into())
+        }
+        Rotation::Unknown | Rotation::Revoked => Err(Error::InvalidToken.into()),
+    }
+}
+
+/// Ends the session of the refresh cookie and clears the cookie.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+    responses((status = 204, description = "Signed out; the refresh cookie is cleared")))]
+async fn logout(
+    State(state): State<AppState>,
+    jar: CookieJar,
+) -> Result<(StatusCode, CookieJar), ApiError> {
+    if let Some(token) = jar
+        .get(REFRESH_COOKIE)
+        .map(|c| c.value().to_owned())
+        .filter(|v| !v.is_empty())
+    {
+        state
+            .db
+            .write(move |tx| store::revoke_by_token(tx, &token))
+            .await
+            .map_err(Error::from)?;
+    }
+    Ok((StatusCode::NO_CONTENT, cleared_cookie(&state.auth)))
+}
+
+/// The signed-in user.
+#[utoipa::path(get, path = "/auth/me", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 401, description = "`not_authenticated`, `token_expired` or `invalid_token`", body = ErrorBody),
+        (status = 403, description = "`inactive`", body = ErrorBody),
+    ))]
+async fn me(current: CurrentUser) -> Json<UserResponse> {
+    Json(UserResponse::from(&current.user))
+}

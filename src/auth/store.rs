@@ -1,0 +1,195 @@
+//! SQL for sign-in sessions (refresh token families) and their rotating refresh tokens.
+
+use base64::Engine;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use sha2::{Digest, Sha256};
+
+use crate::users::{self, User};
+use crate::{db, timestamp};
+
+/// Refresh token lifetime (spec: 7 days); also the cookie's `Max-Age`.
+pub const REFRESH_TTL_SECS: i64 = 7 * 24 * 3600;
+
+/// A refresh token as handed to the browser, and the session it belongs to.
+pub struct Issued {
+    pub session_id: String,
+    pub refresh_token: String,
+}
+
+fn hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn new_token() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+fn insert_token(tx: &Transaction<'_>, session_id: &str) -> Result<String, db::Error> {
+    let token = new_token();
+    let now = time::OffsetDateTime::now_utc();
+    let expires = now + time::Duration::seconds(REFRESH_TTL_SECS);
+    tx.prepare_cached(
+        "insert into refresh_tokens (token_hash, session_id, expires_at, created_at, updated_at)
+         values (?1, ?2, ?3, ?4, ?4)",
+    )?
+    .execute(params![
+        hash(&token),
+        session_id,
+        timestamp::format(expires),
+        timestamp::format(now)
+    ])?;
+    Ok(token)
+}
+
+/// Starts a new sign-in session for `user_id` with its first refresh token.
+pub fn start_session(tx: &Transaction<'_>, user_id: &str) -> Result<Issued, db::Error> {
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let now = timestamp::now();
+    tx.prepare_cached(
+        "insert into auth_sessions (id, user_id, created_at, updated_at) values (?1, ?2, ?3, ?3)",
+    )?
+    .execute(params![session_id, user_id, now])?;
+    let refresh_token = insert_token(tx, &session_id)?;
+    Ok(Issued {
+        session_id,
+        refresh_token,
+    })
+}
+
+/// What presenting a refresh token led to.
+pub enum Rotation {
+    /// A new token of the same family, for this user.
+    Rotated {
+        issued: Issued,
+        user_id: String,
+    },
+    Unknown,
+    Expired,
+    Revoked,
+    /// A rotated token came back after the grace window: the family is now revoked.
+    Reused,
+    Inactive,
+}
+
+/// Rotates `token`: marks it used and issues its successor. A token already rotated within
+/// `grace_secs` is a concurrent refresh (two tabs) and gets a successor too; later, it is
+/// treated as stolen and its whole family is revoked.
+pub fn rotate(tx: &Transaction<'_>, token: &str, grace_secs: u64) -> Result<Rotation, db::Error> {
+    let row = tx
+        .prepare_cached(
+            "select t.session_id, t.expires_at, t.used_at, s.revoked_at, s.user_id
+             from refresh_tokens t join auth_sessions s on s.id = t.session_id
+             where t.token_hash = ?1",
+        )?
+        .query_row([hash(token)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((session_id, expires_at, used_at, revoked_at, user_id)) = row else {
+        return Ok(Rotation::Unknown);
+    };
+    if revoked_at.is_some() {
+        return Ok(Rotation::Revoked);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    if timestamp::parse(&expires_at).is_none_or(|at| at <= now) {
+        return Ok(Rotation::Expired);
+    }
+    if let Some(used_at) = used_at {
+        let within_grace = timestamp::parse(&used_at)
+            .is_some_and(|at| now - at <= time::Duration::seconds(grace_secs as i64));
+        if !within_grace {
+            revoke_session(tx, &session_id, "refresh token reused")?;
+            return Ok(Rotation::Reused);
+        }
+    }
+    let Some(user) = users::store::by_id(tx, &user_id)? else {
+        return Ok(Rotation::Unknown);
+    };
+    if !user.is_active {
+        return Ok(Rotation::Inactive);
+    }
+    let stamp = timestamp::format(now);
+    tx.prepare_cached(
+        "update refresh_tokens set used_at = coalesce(used_at, ?2), updated_at = ?2
+         where token_hash = ?1",
+    )?
+    .execute(params![hash(token), stamp])?;
+    tx.prepare_cached("update auth_sessions set updated_at = ?2 where id = ?1")?
+        .execute(params![session_id, stamp])?;
+    let refresh_token = insert_token(tx, &session_id)?;
+    Ok(Rotation::Rotated {
+        issued: Issued {
+            session_id,
+            refresh_token,
+        },
+        user_id: user.id,
+    })
+}
+
+/// Revokes the session a refresh token belongs to (logout). Unknown tokens are ignored.
+pub fn revoke_by_token(tx: &Transaction<'_>, token: &str) -> Result<(), db::Error> {
+    let session: Option<String> = tx
+        .query_row(
+            "select session_id from refresh_tokens where token_hash = ?1",
+            [hash(token)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(session_id) = session {
+        revoke_session(tx, &session_id, "logout")?;
+    }
+    Ok(())
+}
+
+pub fn revoke_session(
+    tx: &Transaction<'_>,
+    session_id: &str,
+    reason: &str,
+) -> Result<(), db::Error> {
+    tx.prepare_cached(
+        "update auth_sessions set revoked_at = ?2, revoked_reason = ?3, updated_at = ?2
+         where id = ?1 and revoked_at is null",
+    )?
+    .execute(params![session_id, timestamp::now(), reason])?;
+    Ok(())
+}
+
+/// Revokes every session of `user_id` except `keep` (password change).
+pub fn revoke_other_sessions(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    keep: &str,
+    reason: &str,
+) -> Result<usize, db::Error> {
+    Ok(tx.execute(
+        "update auth_sessions set revoked_at = ?3, revoked_reason = ?4, updated_at = ?3
+         where user_id = ?1 and id <> ?2 and revoked_at is null",
+        params![user_id, keep, timestamp::now(), reason],
+    )?)
+}
+
+/// The user behind an access token, with whether its session is still live: one indexed read
+/// per authenticated request, so a logout or deactivation takes effect at once.
+pub fn user_for_access(
+    conn: &Connection,
+    user_id: &str,
+    session_id: &str,
+) -> Result<Option<(User, bool)>, db::Error> {
+    let Some(user) = users::store::by_id(conn, user_id)? else {
+        return Ok(None);
+    };
+    let live: bool = conn
+        .prepare_cached(
+            "select exists(select 1 from auth_sessions
+                           where id = ?1 and user_id = ?2 and revoked_at is null)",
+        )?
+        .query_row(params![session_id, user_id], |r| r.get(0))?;
+    Ok(Some((user, live)))
+}

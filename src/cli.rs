@@ -1,0 +1,501 @@
+//! The command line of CONTRACT §1: `serve`, `migrate`, `user …`, `config check`, `backup`.
+//!
+//! Exit codes: 0 success, 1 failure (message on stderr), 2 usage error — clap's own errors
+//! and values that cannot be right whatever the database holds (a malformed email, `--raits 0`).
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::app::{self, AppState};
+use crate::billing::{self, ledger};
+use crate::config::{self, Config, Flags, ProcessEnv, SETTINGS, Source};
+use crate::db::{self, Db, migrate};
+use crate::{server, telemetry, users};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "easy-writer",
+    version,
+    about = "Self-hosted backend for an AI writing assistant"
+)]
+pub struct Cli {
+    /// Configuration file (default: $EASY_WRITER_CONFIG, else ./easy-writer.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Migrate the database if needed, then serve HTTP and WebSocket.
+    Serve {
+        /// Listen address (default 127.0.0.1:8000).
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<String>,
+    },
+    /// Apply pending database migrations.
+    Migrate {
+        /// List applied and pending migrations instead.
+        #[arg(long)]
+        status: bool,
+    },
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Write a consistent copy of the database, also while the server runs.
+    Backup {
+        /// Destination file; must not exist yet.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a local user; prints `user_id: <uuid>`.
+    Create(CreateUser),
+    /// List users (tab-separated with a header, or JSON).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Credit (N > 0) or debit (N < 0) raits through the ledger as an adjustment.
+    Topup {
+        #[arg(long)]
+        email: String,
+        #[arg(long, allow_negative_numbers = true, value_name = "N")]
+        raits: i64,
+        /// Shown in the user's transaction history.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Block login and token use.
+    Deactivate {
+        #[arg(long)]
+        email: String,
+    },
+    /// Unblock a deactivated user.
+    Activate {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("secret").required(true).args(["password", "password_stdin"])))]
+pub struct CreateUser {
+    #[arg(long)]
+    pub email: String,
+    /// The password (visible in the process list; prefer --password-stdin).
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Give the user admin rights (admin UI, /metrics from afar).
+    #[arg(long)]
+    pub admin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (secrets masked), configured providers and warnings.
+    Check,
+}
+
+/// How a command failed.
+enum Failure {
+    /// Exit 2: the input cannot be right.
+    Usage(String),
+    /// Exit 1.
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Failed(e)
+    }
+}
+
+impl From<db::Error> for Failure {
+    fn from(e: db::Error) -> Self {
+        Failure::Failed(e.into())
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let flags = Flags {
+        config: cli.config.clone(),
+        bind: match &cli.command {
+            Command::Serve { bind } => bind.clone(),
+            _ => None,
+        },
+    };
+    let loaded = match Config::load(&flags, &ProcessEnv) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let is_serve = matches!(cli.command, Command::Serve { .. });
+    if is_serve || std::env::var_os("RUST_LOG").is_some() {
+        telemetry::init(loaded.config.server.log_format == "json");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(run(cli.command, loaded));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(command: Command, loaded: config::Loaded) -> Outcome {
+    match command {
+        Command::Serve { .. } => serve(loaded.config).await,
+        Command::Migrate { status } => run_migrate(&loaded.config, status),
+        Command::User(command) => run_user(command, &loaded.config).await,
+        Command::Config(ConfigCommand::Check) => {
+            print!("{}", config_report(&loaded));
+            Ok(())
+        }
+        Command::Backup { to } => backup(&loaded.config, &to).await,
+    }
+}
+
+async fn serve(config: Config) -> Outcome {
+    let bind = config.server.bind.clone();
+    let state = AppState::new(config)?;
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let addr = listener.local_addr().context("listener address")?;
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "listening");
+    server::serve(listener, state, server::shutdown_signal())
+        .await
+        .context("server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn run_migrate(config: &Config, status: bool) -> Outcome {
+    let path = config.server.database_path();
+    if status {
+        let current = if path.exists() {
+            let conn = db::connect(&path)?;
+            migrate::status(&conn)?
+        } else {
+            migrate::status(&rusqlite::Connection::open_in_memory().map_err(db::Error::from)?)?
+        };
+        for m in current {
+            let state = if m.applied { "applied" } else { "pending" };
+            println!("{:04} {}\t{state}", m.version, m.name);
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&config.server.data_dir)
+        .with_context(|| format!("cannot create {}", config.server.data_dir.display()))?;
+    let mut conn = db::connect(&path)?;
+    let applied = migrate::apply(&mut conn)?;
+    if applied.is_empty() {
+        println!(
+            "database is up to date (version {})",
+            migrate::current_version(&conn)?
+        );
+    }
+    for name in applied {
+        println!("applied {name}");
+    }
+    Ok(())
+}
+
+async fn run_user(command: UserCommand, config: &Config) -> Outcome {
+    match command {
+        UserCommand::Create(args) => create_user(args, config).await,
+        UserCommand::List { json } => list_users(config, json).await,
+        UserCommand::Topup {
+            email,
+            raits,
+            reason,
+        } => topup(config, &email, raits, reason).await,
+        UserCommand::Deactivate { email } => set_active(config, &email, false).await,
+        UserCommand::Activate { email } => set_active(config, &email, true).await,
+    }
+}
+
+async fn create_user(args: CreateUser, config: &Config) -> Outcome {
+    let password = match args.password {
+        Some(password) => password,
+        None => read_password_line()?,
+    };
+    let (email, name) = users::validate_signup(&args.email, &password, args.name.as_deref())
+        .map_err(|errors| {
+            let messages: Vec<_> = errors.iter().map(|e| e.msg.clone()).collect();
+            Failure::Usage(messages.join("; "))
+        })?;
+    let db = app::open_db(config)?;
+    let hashed = crate::auth::password::Hasher::new().hash(password).await?;
+    let is_admin = args.admin;
+    let user = db
+        .write(move |tx| {
+            users::store::insert(
+                tx,
+                &users::store::NewUser {
+                    email: email.as_str(),
+                    hashed_password: &hashed,
+                    name: name.as_deref(),
+                    is_admin,
+                },
+            )
+        })
+        .await
+        .map_err(|e| match e {
+            users::store::InsertError::EmailTaken => {
+                anyhow!("a user with email {} already exists", args.email.trim())
+            }
+            users::store::InsertError::Db(e) => e.into(),
+        })?;
+    println!("user_id: {}", user.id);
+    Ok(())
+}
+
+fn read_password_line() -> Result<String, Failure> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password: ");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        return Err(Failure::Usage("no password on standard input".into()));
+    }
+    Ok(password)
+}
+
+async fn list_users(config: &Config, as_json: bool) -> Outcome {
+    let db = app::open_db(config)?;
+    let users = db
+        .read(users::store::list)
+        .await
+        .map_err(anyhow::Error::from)?;
+    if as_json {
+        let items: Vec<_> = users
+            .iter()
+            .map(|u| {
+                json!({
+                    "id": u.id, "email": u.email, "name": u.name, "provider": u.provider,
+                    "balance": u.balance, "is_active": u.is_active, "is_admin": u.is_admin,
+                    "is_verified": u.is_verified, "created_at": u.created_at,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&items).map_err(anyhow::Error::from)?
+        );
+    } else {
+        println!("id\temail\tprovider\tbalance\tactive\tadmin\tcreated_at");
+        for u in users {
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                u.id, u.email, u.provider, u.balance, u.is_active, u.is_admin, u.created_at
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn topup(config: &Config, email: &str, raits: i64, reason: Option<String>) -> Outcome {
+    if raits == 0 {
+        return Err(Failure::Usage("--raits must not be 0".into()));
+    }
+    let db = app::open_db(config)?;
+    let email_owned = email.trim().to_owned();
+    let result = db
+        .write(move |tx| {
+            let user =
+                users::store::by_email(tx, &email_owned)?.ok_or(billing::Error::UserNotFound)?;
+            let description = reason.unwrap_or_else(|| "Adjustment by the operator".into());
+            ledger::record(
+                tx,
+                &ledger::Entry {
+                    user_id: &user.id,
+                    kind: billing::Kind::Adjustment,
+                    amount: raits,
+                    description: Some(&description),
+                    payment_id: None,
+                    reference: None,
+                },
+            )
+        })
+        .await;
+    match result {
+        Ok(balance) => {
+            println!("balance: {balance}");
+            Ok(())
+        }
+        Err(billing::Error::UserNotFound) => Err(anyhow!("no user with email {email}").into()),
+        Err(billing::Error::InsufficientBalance { balance, .. }) => Err(anyhow!(
+            "refused: the balance of {email} is {balance} raits, a debit of {} would take it below zero",
+            -raits
+        )
+        .into()),
+        Err(e) => Err(anyhow::Error::from(e).into()),
+    }
+}
+
+async fn set_active(config: &Config, email: &str, active: bool) -> Outcome {
+    let db: Db = app::open_db(config)?;
+    let email_owned = email.to_owned();
+    let found = db
+        .write(move |tx| users::store::set_active(tx, &email_owned, active))
+        .await
+        .map_err(anyhow::Error::from)?;
+    if !found {
+        return Err(anyhow!("no user with email {email}").into());
+    }
+    println!("{email}: {}", if active { "active" } else { "deactivated" });
+    Ok(())
+}
+
+async fn backup(config: &Config, to: &std::path::Path) -> Outcome {
+    if to.exists() {
+        return Err(anyhow!("{} already exists", to.display()).into());
+    }
+    let path = config.server.database_path();
+    if !path.exists() {
+        return Err(anyhow!("no database at {}", path.display()).into());
+    }
+    let conn = db::connect(&path)?;
+    let target = to.to_string_lossy().into_owned();
+    conn.execute("vacuum into ?1", [&target])
+        .map_err(db::Error::from)
+        .with_context(|| format!("cannot write backup to {}", to.display()))?;
+    println!("backup written to {}", to.display());
+    Ok(())
+}
+
+/// The text of `config check`: every setting with its source, secrets masked.
+pub fn config_report(loaded: &config::Loaded) -> String {
+    use std::fmt::Write;
+    let config = &loaded.config;
+    let mut out = String::new();
+    let file = loaded
+        .file
+        .as_ref()
+        .map_or("(none)".to_owned(), |p| p.display().to_string());
+    let _ = writeln!(out, "# configuration file: {file}");
+    let effective = toml::Value::try_from(config).unwrap_or(toml::Value::Table(Default::default()));
+    let mut section = "";
+    for setting in SETTINGS {
+        if setting.section != section {
+            section = setting.section;
+            let _ = writeln!(out, "\n[{section}]");
+        }
+        let value = effective
+            .get(setting.section)
+            .and_then(|s| s.get(setting.key))
+            .map(|v| v.to_string());
+        let source = loaded
+            .sources
+            .get(setting.env)
+            .copied()
+            .unwrap_or(Source::Default);
+        let value = value.unwrap_or_else(|| match (setting.section, setting.key) {
+            ("server", "database") => {
+                format!("{:?}", config.server.database_path().display().to_string())
+            }
+            ("server", "public_url") => format!("{:?}", config.server.public_url()),
+            ("auth", "jwt_secret") => format!(
+                "\"(generated, kept in {})\"",
+                config
+                    .server
+                    .data_dir
+                    .join(crate::auth::jwt::SECRET_FILE)
+                    .display()
+            ),
+            _ => "\"\"".into(),
+        });
+        let _ = writeln!(
+            out,
+            "{} = {value}  # {} ({source})",
+            setting.key, setting.env
+        );
+    }
+    let _ = writeln!(out, "\n# providers");
+    for (name, on) in config.configured_services() {
+        let _ = writeln!(
+            out,
+            "# {name}: {}",
+            if on { "configured" } else { "disabled" }
+        );
+    }
+    for warning in config.warnings() {
+        let _ = writeln!(out, "# warning: {warning}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn topup_accepts_negative_amounts() {
+        let cli = Cli::try_parse_from([
+            "easy-writer",
+            "user",
+            "topup",
+            "--email",
+            "a@b.co",
+            "--raits",
+            "-50",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::User(UserCommand::Topup { raits: -50, .. })
+        ));
+    }
+}

@@ -1,0 +1,148 @@
+//! The JSON error body every endpoint answers with (CONTRACT §3).
+//!
+//! `{"detail": "...", "code": "snake_case", ...extra}`; validation failures carry a FastAPI-style
+//! list in `detail`. Domain errors convert into [`ApiError`]; a 500 is logged here, once, and
+//! says nothing about internals to the client.
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+/// One entry of a 422 `detail` list, shaped as FastAPI's.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// Path to the offending value, e.g. `["body", "email"]`.
+    #[schema(value_type = Vec<String>)]
+    pub loc: Vec<Value>,
+    pub msg: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl FieldError {
+    /// An error at `body.<field>`.
+    pub fn body(field: &str, msg: impl Into<String>, kind: &str) -> Self {
+        FieldError {
+            loc: vec!["body".into(), field.into()],
+            msg: msg.into(),
+            kind: kind.into(),
+        }
+    }
+
+    /// An error at `query.<field>`.
+    pub fn query(field: &str, msg: impl Into<String>, kind: &str) -> Self {
+        FieldError {
+            loc: vec!["query".into(), field.into()],
+            msg: msg.into(),
+            kind: kind.into(),
+        }
+    }
+}
+
+/// The error body as documented in the OpenAPI document.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Human-readable text, or the list of validation failures for `422`.
+    #[schema(value_type = Object)]
+    pub detail: Value,
+    /// Stable machine code, e.g. `insufficient_balance`.
+    pub code: String,
+}
+
+/// An HTTP error response in the contract's shape.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: Value,
+    extra: Map<String, Value>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: Value::String(detail.into()),
+            extra: Map::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// `422 validation_error` with every failure listed.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = serde_json::to_value(errors).unwrap_or(Value::Null);
+        ApiError {
+            detail,
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", "")
+        }
+    }
+
+    /// The one 500 body; the cause is logged, never sent.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+        )
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    /// Adds a top-level field beside `detail` and `code` (e.g. `required`, `balance`).
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("detail".into(), self.detail);
+        body.insert("code".into(), json!(self.code));
+        body.extend(self.extra);
+        let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+/// Answers unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("Not Found")
+}
+
+/// Answers known routes called with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method Not Allowed",
+    )
+}

@@ -1,0 +1,27 @@
+//! Easy Writer: a self-hosted backend for an AI writing assistant, in one binary.
+//! See ARCHITECTURE.md for the map.
+
+/// Shared dependencies (`AppState`) and how they are wired.
+pub mod app;
+/// Accounts, tokens, sessions and the extractors that authenticate requests.
+pub mod auth;
+/// Raits: the ledger and balances.
+pub mod billing;
+/// The command-line interface.
+pub mod cli;
+/// The configuration tree, its sources and validation.
+pub mod config;
+/// SQLite: connections, the blocking bridge, migrations.
+pub mod db;
+/// The JSON error body.
+pub mod error;
+/// Extractors shared by all routes.
+pub mod request;
+/// Router, middleware and serving.
+pub mod server;
+/// Logging setup.
+pub mod telemetry;
+/// RFC 3339 timestamps.
+pub mod timestamp;
+/// User accounts.
+pub mod users;

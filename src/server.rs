@@ -1,0 +1,218 @@
+//! The HTTP server: router assembly, middleware, `/health`, the OpenAPI document and docs page,
+//! and `serve(listener, state, shutdown)`, which `main` and the tests both call.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::app::AppState;
+use crate::error::{self, ApiError};
+use crate::request::BODY_LIMIT;
+use crate::{auth, db};
+
+/// Where the OpenAPI document is served.
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Easy Writer", description = "Self-hosted backend for an AI writing assistant."),
+    modifiers(&BearerAuth),
+    tags((name = "auth", description = "Accounts and sign-in"), (name = "system", description = "Health"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// The routes and their OpenAPI document, built from the same handler annotations.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    OpenApiRouter::with_openapi(doc)
+        .routes(routes!(health))
+        .nest("/api/v1", auth::routes::router())
+        .split_for_parts()
+}
+
+/// The OpenAPI document, as served at [`OPENAPI_PATH`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = api();
+    let cors = CorsLayer::new()
+        // A list, not `exact`: an origin that does not match gets no CORS headers at all.
+        .allow_origin(AllowOrigin::list([HeaderValue::from_str(
+            state.config.server.frontend_origin(),
+        )
+        .expect("validated at load")]))
+        .allow_credentials(true)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([HeaderName::from_static("x-request-id")])
+        .max_age(Duration::from_secs(600));
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &axum::http::Request<_>| {
+            let request_id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            // The path only: query strings may carry tokens (WebSockets) and never reach logs.
+            tracing::info_span!(
+                "request",
+                http.method = %req.method(),
+                http.path = %req.uri().path(),
+                request_id = %request_id,
+            )
+        })
+        .on_request(())
+        .on_response(
+            |res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+                tracing::info!(
+                    http.status = res.status().as_u16(),
+                    duration_ms = latency.as_secs_f64() * 1000.0,
+                    "response"
+                );
+            },
+        )
+        .on_failure(());
+
+    Router::new()
+        .merge(api)
+        .merge(SwaggerUi::new("/docs").url(OPENAPI_PATH, doc))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(trace)
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::internal(&"handler panicked").into_response()
+                }))
+                .layer(cors),
+        )
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok` or `error`.
+    status: &'static str,
+    version: &'static str,
+    /// `ok` or `error`.
+    database: &'static str,
+}
+
+/// Liveness with a real database round trip.
+#[utoipa::path(get, path = "/health", tag = "system",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "The database does not answer", body = Health),
+    ))]
+async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let probe = state.db.read(|conn| {
+        conn.query_row("select 1", [], |r| r.get::<_, i64>(0))
+            .map_err(db::Error::from)
+    });
+    let ok = matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Ok(1))
+    );
+    let (status, text) = if ok {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "error")
+    };
+    (
+        status,
+        Json(Health {
+            status: text,
+            version: env!("CARGO_PKG_VERSION"),
+            database: text,
+        }),
+    )
+}

@@ -1,0 +1,100 @@
+//! SQL for the `users` table.
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use super::User;
+use crate::{db, timestamp};
+
+const COLUMNS: &str = "id, email, hashed_password, name, provider, provider_id, balance, \
+                       is_active, is_verified, is_admin, created_at, updated_at";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        email: r.get(1)?,
+        hashed_password: r.get(2)?,
+        name: r.get(3)?,
+        provider: r.get(4)?,
+        provider_id: r.get(5)?,
+        balance: r.get(6)?,
+        is_active: r.get(7)?,
+        is_verified: r.get(8)?,
+        is_admin: r.get(9)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+    })
+}
+
+/// A local user to insert.
+pub struct NewUser<'a> {
+    pub email: &'a str,
+    pub hashed_password: &'a str,
+    pub name: Option<&'a str>,
+    pub is_admin: bool,
+}
+
+/// Why an insert failed in a way the caller reports.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    #[error("email already registered")]
+    EmailTaken,
+    #[error(transparent)]
+    Db(#[from] db::Error),
+}
+
+impl From<rusqlite::Error> for InsertError {
+    fn from(e: rusqlite::Error) -> Self {
+        InsertError::Db(e.into())
+    }
+}
+
+/// Inserts a local user; the unique email index decides races between concurrent sign-ups.
+pub fn insert(tx: &Transaction<'_>, new: &NewUser<'_>) -> Result<User, InsertError> {
+    let now = timestamp::now();
+    let id = uuid::Uuid::now_v7().to_string();
+    let result = tx.execute(
+        "insert into users (id, email, hashed_password, name, provider, is_admin, created_at, updated_at)
+         values (?1, ?2, ?3, ?4, 'local', ?5, ?6, ?6)",
+        params![id, new.email, new.hashed_password, new.name, new.is_admin, now],
+    );
+    match result.map_err(db::Error::from) {
+        Ok(_) => {}
+        Err(e) if e.is_unique_violation() => return Err(InsertError::EmailTaken),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(by_id(tx, &id)?.expect("the row was just inserted"))
+}
+
+pub fn by_id(conn: &Connection, id: &str) -> Result<Option<User>, db::Error> {
+    Ok(conn
+        .prepare_cached(&format!("select {COLUMNS} from users where id = ?1"))?
+        .query_row([id], from_row)
+        .optional()?)
+}
+
+pub fn by_email(conn: &Connection, email: &str) -> Result<Option<User>, db::Error> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "select {COLUMNS} from users where email = ?1 collate nocase"
+        ))?
+        .query_row([email.trim()], from_row)
+        .optional()?)
+}
+
+/// Every user, oldest first.
+pub fn list(conn: &Connection) -> Result<Vec<User>, db::Error> {
+    let mut stmt = conn.prepare(&format!(
+        "select {COLUMNS} from users order by created_at, id"
+    ))?;
+    let users = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
+    Ok(users)
+}
+
+/// Blocks or unblocks a user; false when no such email exists.
+pub fn set_active(tx: &Transaction<'_>, email: &str, active: bool) -> Result<bool, db::Error> {
+    let changed = tx.execute(
+        "update users set is_active = ?1, updated_at = ?2 where email = ?3 collate nocase",
+        params![active, timestamp::now(), email.trim()],
+    )?;
+    Ok(changed == 1)
+}

@@ -1,0 +1,8 @@
+//! Integration tests: each starts the real server on port 0 with a temporary data directory
+//! and talks HTTP to it (and runs the real binary for the CLI).
+
+mod auth;
+mod cli;
+mod helpers;
+mod http;
+mod persistence;
