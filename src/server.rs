@@ -149,10 +149,13 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let pruner = tokio::spawn(auth::prune_periodically(state.db.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    pruner.abort();
+    served
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -62,6 +62,22 @@ impl Auth {
     }
 }
 
+/// How often expired refresh tokens are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes expired refresh tokens now and then, for as long as the server runs.
+pub async fn prune_periodically(db: db::Db) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        match db.write(store::prune).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "pruned expired refresh tokens"),
+            Err(e) => tracing::warn!(error = %e, "pruning refresh tokens failed"),
+        }
+    }
+}
+
 /// What can go wrong while authenticating; each variant is one documented error code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

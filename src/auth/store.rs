@@ -182,14 +182,75 @@ pub fn user_for_access(
     user_id: &str,
     session_id: &str,
 ) -> Result<Option<(User, bool)>, db::Error> {
-    let Some(user) = users::store::by_id(conn, user_id)? else {
-        return Ok(None);
-    };
-    let live: bool = conn
-        .prepare_cached(
-            "select exists(select 1 from auth_sessions
-                           where id = ?1 and user_id = ?2 and revoked_at is null)",
-        )?
-        .query_row(params![session_id, user_id], |r| r.get(0))?;
-    Ok(Some((user, live)))
+    Ok(conn
+        .prepare_cached(&format!(
+            "select {}, exists(select 1 from auth_sessions s
+                               where s.id = ?2 and s.user_id = u.id and s.revoked_at is null)
+             from users u where u.id = ?1",
+            users::store::COLUMNS
+        ))?
+        .query_row(params![user_id, session_id], |r| {
+            Ok((
+                users::store::from_row(r)?,
+                r.get(users::store::COLUMN_COUNT)?,
+            ))
+        })
+        .optional()?)
+}
+
+/// Deletes refresh tokens past their expiry, then sessions left without any token. Expired
+/// tokens are refused anyway; this only keeps the tables from growing forever.
+pub fn prune(tx: &Transaction<'_>) -> Result<usize, db::Error> {
+    let now = timestamp::now();
+    let tokens = tx.execute("delete from refresh_tokens where expires_at < ?1", [&now])?;
+    let sessions = tx.execute(
+        "delete from auth_sessions
+         where not exists (select 1 from refresh_tokens t where t.session_id = auth_sessions.id)",
+        [],
+    )?;
+    Ok(tokens + sessions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::store::{NewUser, insert};
+
+    #[test]
+    fn prune_deletes_only_expired_tokens_and_empty_sessions() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::db::migrate::apply(&mut conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        let user = insert(
+            &tx,
+            &NewUser {
+                email: "p@example.com",
+                hashed_password: "x",
+                name: None,
+                is_admin: false,
+            },
+        )
+        .unwrap();
+        let old = start_session(&tx, &user.id).unwrap();
+        let live = start_session(&tx, &user.id).unwrap();
+        tx.execute(
+            "update refresh_tokens set expires_at = '2000-01-01T00:00:00.000000Z' where session_id = ?1",
+            [&old.session_id],
+        )
+        .unwrap();
+        assert!(matches!(
+            rotate(&tx, &old.refresh_token, 10).unwrap(),
+            Rotation::Expired
+        ));
+        assert_eq!(prune(&tx).unwrap(), 2);
+        assert!(matches!(
+            rotate(&tx, &old.refresh_token, 10).unwrap(),
+            Rotation::Unknown
+        ));
+        assert!(matches!(
+            rotate(&tx, &live.refresh_token, 10).unwrap(),
+            Rotation::Rotated { .. }
+        ));
+        assert_eq!(prune(&tx).unwrap(), 0);
+    }
 }

@@ -68,6 +68,8 @@ impl Db {
         let readers = r2d2::Pool::builder()
             .max_size(MAX_READERS)
             .min_idle(Some(1))
+            // A local file does not go stale like a network connection; skip the probe query.
+            .test_on_check_out(false)
             .build(manager)?;
         Ok(Db {
             readers,

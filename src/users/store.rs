@@ -5,10 +5,14 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use super::User;
 use crate::{db, timestamp};
 
-const COLUMNS: &str = "id, email, hashed_password, name, provider, provider_id, balance, \
-                       is_active, is_verified, is_admin, created_at, updated_at";
+/// The columns [`from_row`] reads, in order; other stores select them to build a [`User`].
+pub const COLUMNS: &str = "id, email, hashed_password, name, provider, provider_id, balance, \
+                           is_active, is_verified, is_admin, created_at, updated_at";
+/// How many columns [`COLUMNS`] names.
+pub const COLUMN_COUNT: usize = 12;
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+/// Builds a [`User`] from a row that starts with [`COLUMNS`].
+pub fn from_row(r: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
         id: r.get(0)?,
         email: r.get(1)?,
