@@ -154,9 +154,8 @@ pub fn main() -> ExitCode {
         }
     };
     let is_serve = matches!(cli.command, Command::Serve { .. });
-    if is_serve || std::env::var_os("RUST_LOG").is_some() {
-        telemetry::init(loaded.config.server.log_format == "json");
-    }
+    let _log_guard = (is_serve || std::env::var_os("RUST_LOG").is_some())
+        .then(|| telemetry::init(loaded.config.server.log_format == "json"));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -196,7 +195,10 @@ async fn run(command: Command, loaded: config::Loaded) -> Outcome {
 
 async fn serve(config: Config) -> Outcome {
     let bind = config.server.bind.clone();
-    let state = AppState::new(config)?;
+    // Opening and migrating the database blocks: keep it off the async workers.
+    let state = tokio::task::spawn_blocking(move || AppState::new(config))
+        .await
+        .context("start-up task")??;
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;

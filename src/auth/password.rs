@@ -3,11 +3,11 @@
 //! A hash costs ~25 ms of a core, so hashing runs on its own threads, one per core, at a lower
 //! CPU priority: alone they use the whole machine (register and login throughput), under load
 //! the request workers win, so a login storm slows logins rather than every other request.
-//! Each thread keeps its 19 MiB of argon2 memory while busy and returns it to the OS after a
-//! short idle spell, so an idle server stays small. A login for an unknown email verifies
+//! Each thread keeps its 19 MiB of argon2 memory while busy and frees it after a short idle
+//! spell (the binary's jemalloc then returns it to the OS), so an idle server stays small. A login for an unknown email verifies
 //! against a dummy hash: timing does not tell which emails exist.
 
-use std::sync::{Arc, Once, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
@@ -48,7 +48,6 @@ impl Default for Hasher {
 impl Hasher {
     /// Starts one hashing thread per core. They end when the last clone is dropped.
     pub fn new() -> Self {
-        release_large_allocations();
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         for i in 0..threads {
@@ -192,20 +191,6 @@ fn lower_priority() {
         let tid = libc::gettid();
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICENESS);
     }
-}
-
-/// Makes glibc serve large allocations (argon2's 19 MiB) with mmap every time, so that freeing
-/// them returns the memory to the OS. Its default raises the threshold after the first such
-/// free and then keeps the memory in per-thread arenas: gigabytes after a login storm.
-fn release_large_allocations() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: mallopt only changes allocator tuning; called once, before the threads start.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-        }
-    });
 }
 
 #[cfg(test)]

@@ -68,6 +68,8 @@ impl Db {
         let readers = r2d2::Pool::builder()
             .max_size(MAX_READERS)
             .min_idle(Some(1))
+            // Readers opened for a burst close after a minute idle, so their caches go too.
+            .idle_timeout(Some(Duration::from_secs(60)))
             // A local file does not go stale like a network connection; skip the probe query.
             .test_on_check_out(false)
             .build(manager)?;
