@@ -8,6 +8,7 @@ use anyhow::Context;
 use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::db::Db;
+use crate::llm::{self, LlmRouter};
 
 /// Cheap to clone; every field is shared.
 #[derive(Clone)]
@@ -20,6 +21,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// `EASY_WRITER_TRUSTED_PROXIES`, parsed once.
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// The configured AI providers behind retries, fallback and metrics.
+    pub llm: Arc<LlmRouter>,
 }
 
 impl AppState {
@@ -38,7 +41,20 @@ impl AppState {
                 })?
             }
         };
+        let mut providers = Vec::new();
+        for (id, client) in llm::providers_from_config(&config) {
+            match client {
+                Ok(client) => providers.push(client),
+                Err(e) => tracing::warn!(llm.provider = %id, error = %e, "provider disabled"),
+            }
+        }
+        let llm = LlmRouter::new(
+            providers,
+            llm::router::Settings::from_config(&config),
+            Arc::new(llm::metrics::Metrics::default()),
+        );
         Ok(AppState {
+            llm: Arc::new(llm),
             auth: Arc::new(Auth::new(&config.auth, &secret)),
             trusted_proxies: config.trusted_proxies().into(),
             db,

@@ -51,6 +51,9 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check the configured AI providers with one cheap real call each.
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
     /// Write a consistent copy of the database, also while the server runs.
     Backup {
         /// Destination file; must not exist yet.
@@ -106,6 +109,12 @@ pub struct CreateUser {
     /// Give the user admin rights (admin UI, /metrics from afar).
     #[arg(long)]
     pub admin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProvidersCommand {
+    /// Prints `name: ok` or `name: error: <reason>` per configured provider; exit 1 on any error.
+    Check,
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,8 +198,45 @@ async fn run(command: Command, loaded: config::Loaded) -> Outcome {
             print!("{}", config_report(&loaded));
             Ok(())
         }
+        Command::Providers(ProvidersCommand::Check) => check_providers(&loaded.config).await,
         Command::Backup { to } => backup(&loaded.config, &to).await,
     }
+}
+
+async fn check_providers(config: &Config) -> Outcome {
+    let providers = crate::llm::providers_from_config(config);
+    if providers.is_empty() {
+        return Err(anyhow!(
+            "no AI provider is configured (set OPENAI_API_KEY, GIGACHAT_API_KEY or \
+             YANDEXGPT_API_KEY with YANDEXGPT_FOLDER_ID)"
+        )
+        .into());
+    }
+    let mut failed = false;
+    for (id, client) in providers {
+        let result = match client {
+            Ok(client) => client.check().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => println!("{id}: ok"),
+            Err(e) => {
+                failed = true;
+                let hint = if id == crate::llm::ProviderId::GigaChat
+                    && e.to_string().to_lowercase().contains("certificate")
+                {
+                    " (install the Russian Trusted Root CA: see the README, \"GigaChat\")"
+                } else {
+                    ""
+                };
+                println!("{id}: error: {e}{hint}");
+            }
+        }
+    }
+    if failed {
+        return Err(anyhow!("some providers failed").into());
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> Outcome {

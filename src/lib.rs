@@ -15,6 +15,8 @@ pub mod config;
 pub mod db;
 /// The JSON error body.
 pub mod error;
+/// AI text generation: providers, router, metrics.
+pub mod llm;
 /// Extractors shared by all routes.
 pub mod request;
 /// Router, middleware and serving.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -24,6 +24,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::app::AppState;
 use crate::error::{self, ApiError};
 use crate::request::BODY_LIMIT;
+use crate::request::ClientIp;
 use crate::{auth, db};
 
 /// Where the OpenAPI document is served.
@@ -63,6 +64,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     OpenApiRouter::with_openapi(doc)
         .routes(routes!(health))
+        .routes(routes!(metrics))
         .nest("/api/v1", auth::routes::router())
         .split_for_parts()
 }
@@ -179,6 +181,43 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+/// Prometheus metrics: answered to loopback clients (as far as trusted proxies tell), and to
+/// others only with an admin's access token.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses(
+        (status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"),
+        (status = 401, description = "Not from loopback and no token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not an admin", body = crate::error::ErrorBody),
+    ))]
+async fn metrics(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if !ip.is_loopback() {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or(auth::Error::NotAuthenticated)?;
+        let user = auth::extract::authenticate(&state.auth, &state.db, token.trim()).await?;
+        if !user.user.is_admin {
+            return Err(auth::Error::Forbidden.into());
+        }
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.llm.metrics().render(),
+    )
+        .into_response())
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -3,6 +3,10 @@
 
 mod auth;
 mod cli;
+mod gigachat;
 mod helpers;
 mod http;
+mod openai;
 mod persistence;
+mod router;
+mod yandexgpt;

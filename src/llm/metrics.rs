@@ -1,0 +1,110 @@
+//! Per-provider metrics: requests by outcome, latency, tokens — exposed at `GET /metrics` in
+//! Prometheus text format (CONTRACT §3) with names prefixed `easy_writer_`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::ProviderId;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    provider: String,
+    /// `ok`, or the error class (`timeout`, `server`, `rate_limited`, `auth`, …).
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Provider {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Tokens {
+    provider: String,
+    /// `prompt` or `completion`.
+    kind: String,
+}
+
+/// The LLM metrics and the registry that renders them.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<Outcome, Counter>,
+    duration: Family<Provider, Histogram>,
+    tokens: Family<Tokens, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<Outcome, Counter>::default();
+        let duration = Family::<Provider, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 90.0,
+            ])
+        });
+        let tokens = Family::<Tokens, Counter>::default();
+        let mut registry = Registry::with_prefix("easy_writer");
+        registry.register(
+            "llm_requests",
+            "Provider calls (attempts) by outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "llm_request_duration_seconds",
+            "Provider call latency",
+            duration.clone(),
+        );
+        registry.register("llm_tokens", "Tokens used, by kind", tokens.clone());
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            duration,
+            tokens,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one provider call.
+    pub fn record(&self, provider: ProviderId, outcome: &str, elapsed: Duration) {
+        self.requests
+            .get_or_create(&Outcome {
+                provider: provider.as_str().into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&Provider {
+                provider: provider.as_str().into(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_tokens(&self, provider: ProviderId, usage: &super::Usage) {
+        for (kind, n) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ] {
+            self.tokens
+                .get_or_create(&Tokens {
+                    provider: provider.as_str().into(),
+                    kind: kind.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}

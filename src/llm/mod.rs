@@ -1,0 +1,158 @@
+//! AI text generation: one [`Provider`] interface, a client per service (GigaChat, YandexGPT,
+//! OpenAI and OpenAI-compatible servers), and the router that retries, falls back and keeps
+//! per-provider health and metrics.
+//!
+//! Knows nothing about users, tools or billing: callers hand in a prompt and get text back, or
+//! one typed error that says which providers were tried and why (ARCHITECTURE.md, "LLM").
+
+pub mod error;
+pub mod gigachat;
+pub mod metrics;
+pub mod openai;
+pub mod router;
+pub mod sse;
+pub mod yandexgpt;
+
+use std::fmt;
+use std::pin::Pin;
+
+use futures_util::Stream;
+use serde::Serialize;
+
+pub use error::Error;
+pub use router::LlmRouter;
+
+/// The providers this build speaks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderId {
+    GigaChat,
+    YandexGpt,
+    OpenAi,
+}
+
+impl ProviderId {
+    pub const ALL: [ProviderId; 3] = [
+        ProviderId::GigaChat,
+        ProviderId::YandexGpt,
+        ProviderId::OpenAi,
+    ];
+
+    /// The name used in configuration, sessions, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderId::GigaChat => "gigachat",
+            ProviderId::YandexGpt => "yandexgpt",
+            ProviderId::OpenAi => "openai",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ProviderId> {
+        ProviderId::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
+impl fmt::Display for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How much the caller cares about quality over speed; picks the model where a provider has
+/// two (YandexGPT Lite for quick work, Pro for standard mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Quality {
+    #[default]
+    Quick,
+    Standard,
+}
+
+/// One chat generation: a system prompt and a user message.
+#[derive(Clone, Debug, Default)]
+pub struct ChatRequest {
+    pub system: String,
+    pub user: String,
+    /// Overrides the provider's configured model.
+    pub model: Option<String>,
+    pub quality: Quality,
+    /// 0..1 is understood by every provider.
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+}
+
+/// Tokens a generation used, as the provider counted them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// A finished generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatResponse {
+    pub text: String,
+    pub usage: Usage,
+    /// The model that answered, as the provider names it (may carry a version suffix).
+    pub model: String,
+    /// Cut short by a length limit; still a success when `text` is not empty.
+    pub truncated: bool,
+}
+
+/// What a streaming generation yields: text deltas, then the finished response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    Delta(String),
+    Done(ChatResponse),
+}
+
+pub type ChatStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Error>> + Send>>;
+
+/// A chat-completion service.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    fn id(&self) -> ProviderId;
+
+    /// Generates a whole answer.
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, Error>;
+
+    /// Generates an answer as a stream of deltas ending with [`StreamEvent::Done`].
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream, Error>;
+
+    /// Counts the tokens of `text` for the configured model.
+    async fn count_tokens(&self, text: &str) -> Result<u64, Error>;
+
+    /// One cheap real call that proves credentials and TLS work (`providers check`).
+    async fn check(&self) -> Result<(), Error>;
+}
+
+/// A provider client, or why it could not be built.
+pub type Built = Result<std::sync::Arc<dyn Provider>, Error>;
+
+/// Builds a client for every provider whose credentials are set, in `ProviderId::ALL` order.
+/// A provider with credentials but a broken setting (an unreadable CA file, a bad proxy URL)
+/// comes back as an error, so `serve` can log it and `providers check` can print it.
+pub fn providers_from_config(config: &crate::config::Config) -> Vec<(ProviderId, Built)> {
+    use std::sync::Arc;
+    let timeout = std::time::Duration::from_secs(config.llm.provider_timeout_secs.max(1));
+    let configured: std::collections::HashMap<_, _> =
+        config.configured_services().into_iter().collect();
+    let mut out: Vec<(ProviderId, Built)> = Vec::new();
+    for id in ProviderId::ALL {
+        if !configured.get(id.as_str()).copied().unwrap_or(false) {
+            continue;
+        }
+        let client: Built = match id {
+            ProviderId::GigaChat => {
+                gigachat::Client::new(&config.gigachat, &config.server.data_dir, timeout)
+                    .map(|c| Arc::new(c) as Arc<dyn Provider>)
+            }
+            ProviderId::YandexGpt => yandexgpt::Client::new(&config.yandexgpt, timeout)
+                .map(|c| Arc::new(c) as Arc<dyn Provider>),
+            ProviderId::OpenAi => openai::Client::new(&config.openai, timeout)
+                .map(|c| Arc::new(c) as Arc<dyn Provider>),
+        };
+        out.push((id, client));
+    }
+    out
+}
