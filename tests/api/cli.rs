@@ -403,3 +403,41 @@ fn serve_starts_answers_health_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_check_makes_one_real_call_each_and_names_what_is_wrong() {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let fake = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .and(header("authorization", "Bearer sk-check"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"object":"list","data":[]}"#))
+        .expect(2)
+        .mount(&fake)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}/v1", fake.uri());
+    let openai = [("OPENAI_API_KEY", "sk-check"), ("OPENAI_BASE_URL", base.as_str())];
+
+    let out = run_with(dir.path(), &["providers", "check"], &openai, None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "openai: ok");
+
+    let missing_ca = dir.path().join("no-such-ca.cer");
+    let mut env = openai.to_vec();
+    env.push(("GIGACHAT_API_KEY", "Z2lnYTprZXk="));
+    env.push(("GIGACHAT_CA_CERT", missing_ca.to_str().unwrap()));
+    let out = run_with(dir.path(), &["providers", "check"], &env, None);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("openai: ok"), "{text}");
+    let gigachat = text.lines().find(|l| l.starts_with("gigachat: error: ")).expect(&text);
+    assert!(gigachat.contains("no-such-ca.cer"), "{gigachat}");
+    assert!(!text.contains("sk-check") && !text.contains("Z2lnYTprZXk="), "a key leaked: {text}");
+
+    let out = run(dir.path(), &["providers", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no AI provider is configured"));
+}

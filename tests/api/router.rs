@@ -413,3 +413,31 @@ async fn metrics_count_requests_outcomes_and_tokens_and_are_guarded() {
         200
     );
 }
+
+#[tokio::test]
+async fn streams_fall_back_before_the_first_delta_and_then_flow_through() {
+    use easy_writer::llm::StreamEvent;
+    use futures_util::StreamExt;
+
+    let app = two_providers().spawn().await;
+    mount(openai(&app), "/chat/completions", ResponseTemplate::new(502), 3).await;
+    let chunks = [
+        json!({"result": {"alternatives": [{"message": {"role": "assistant", "text": "При"}, "status": "ALTERNATIVE_STATUS_PARTIAL"}], "usage": {"inputTextTokens": "3", "completionTokens": "1", "totalTokens": "4"}, "modelVersion": "1"}}),
+        json!({"result": {"alternatives": [{"message": {"role": "assistant", "text": "Привет"}, "status": "ALTERNATIVE_STATUS_FINAL"}], "usage": {"inputTextTokens": "3", "completionTokens": "2", "totalTokens": "5"}, "modelVersion": "1"}}),
+    ];
+    let body: String = chunks.iter().map(|c| format!("{c}\n")).collect();
+    mount(yandex(&app), "/completion", ResponseTemplate::new(200).set_body_string(body), 1).await;
+
+    let (who, mut stream) = app.state.llm.chat_stream(Some(ProviderId::OpenAi), &request()).await.unwrap();
+    assert_eq!(who, ProviderId::YandexGpt);
+    let mut deltas = String::new();
+    let mut done = None;
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            StreamEvent::Delta(d) => deltas.push_str(&d),
+            StreamEvent::Done(response) => done = Some(response),
+        }
+    }
+    assert_eq!(deltas, "Привет");
+    assert_eq!(done.unwrap().text, "Привет");
+}
