@@ -419,7 +419,10 @@ async fn providers_check_makes_one_real_call_each_and_names_what_is_wrong() {
         .await;
     let dir = tempfile::tempdir().unwrap();
     let base = format!("{}/v1", fake.uri());
-    let openai = [("OPENAI_API_KEY", "sk-check"), ("OPENAI_BASE_URL", base.as_str())];
+    let openai = [
+        ("OPENAI_API_KEY", "sk-check"),
+        ("OPENAI_BASE_URL", base.as_str()),
+    ];
 
     let out = run_with(dir.path(), &["providers", "check"], &openai, None);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -433,9 +436,15 @@ async fn providers_check_makes_one_real_call_each_and_names_what_is_wrong() {
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     assert!(text.contains("openai: ok"), "{text}");
-    let gigachat = text.lines().find(|l| l.starts_with("gigachat: error: ")).expect(&text);
+    let gigachat = text
+        .lines()
+        .find(|l| l.starts_with("gigachat: error: "))
+        .expect(&text);
     assert!(gigachat.contains("no-such-ca.cer"), "{gigachat}");
-    assert!(!text.contains("sk-check") && !text.contains("Z2lnYTprZXk="), "a key leaked: {text}");
+    assert!(
+        !text.contains("sk-check") && !text.contains("Z2lnYTprZXk="),
+        "a key leaked: {text}"
+    );
 
     let out = run(dir.path(), &["providers", "check"]);
     assert_eq!(out.status.code(), Some(1));

@@ -420,15 +420,32 @@ async fn streams_fall_back_before_the_first_delta_and_then_flow_through() {
     use futures_util::StreamExt;
 
     let app = two_providers().spawn().await;
-    mount(openai(&app), "/chat/completions", ResponseTemplate::new(502), 3).await;
+    mount(
+        openai(&app),
+        "/chat/completions",
+        ResponseTemplate::new(502),
+        3,
+    )
+    .await;
     let chunks = [
         json!({"result": {"alternatives": [{"message": {"role": "assistant", "text": "При"}, "status": "ALTERNATIVE_STATUS_PARTIAL"}], "usage": {"inputTextTokens": "3", "completionTokens": "1", "totalTokens": "4"}, "modelVersion": "1"}}),
         json!({"result": {"alternatives": [{"message": {"role": "assistant", "text": "Привет"}, "status": "ALTERNATIVE_STATUS_FINAL"}], "usage": {"inputTextTokens": "3", "completionTokens": "2", "totalTokens": "5"}, "modelVersion": "1"}}),
     ];
     let body: String = chunks.iter().map(|c| format!("{c}\n")).collect();
-    mount(yandex(&app), "/completion", ResponseTemplate::new(200).set_body_string(body), 1).await;
+    mount(
+        yandex(&app),
+        "/completion",
+        ResponseTemplate::new(200).set_body_string(body),
+        1,
+    )
+    .await;
 
-    let (who, mut stream) = app.state.llm.chat_stream(Some(ProviderId::OpenAi), &request()).await.unwrap();
+    let (who, mut stream) = app
+        .state
+        .llm
+        .chat_stream(Some(ProviderId::OpenAi), &request())
+        .await
+        .unwrap();
     assert_eq!(who, ProviderId::YandexGpt);
     let mut deltas = String::new();
     let mut done = None;
