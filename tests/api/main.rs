@@ -8,5 +8,6 @@ mod helpers;
 mod http;
 mod openai;
 mod persistence;
+mod proxy;
 mod router;
 mod yandexgpt;
