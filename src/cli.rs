@@ -51,6 +51,9 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Validate the prompt files.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
     /// Check the configured AI providers with one cheap real call each.
     #[command(subcommand)]
     Providers(ProvidersCommand),
@@ -109,6 +112,13 @@ pub struct CreateUser {
     /// Give the user admin rights (admin UI, /metrics from afar).
     #[arg(long)]
     pub admin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ToolsCommand {
+    /// Loads every prompt file (built-in, or EASY_WRITER_PROMPTS_DIR); prints `file: problem`
+    /// lines and exits 1 on any problem.
+    Check,
 }
 
 #[derive(Subcommand, Debug)]
@@ -199,7 +209,28 @@ async fn run(command: Command, loaded: config::Loaded) -> Outcome {
             Ok(())
         }
         Command::Providers(ProvidersCommand::Check) => check_providers(&loaded.config).await,
+        Command::Tools(ToolsCommand::Check) => check_tools(&loaded.config),
         Command::Backup { to } => backup(&loaded.config, &to).await,
+    }
+}
+
+fn check_tools(config: &Config) -> Outcome {
+    let source = crate::tools::catalogue::Source::from_config(config);
+    match crate::tools::Catalogue::load(&source) {
+        Ok(catalogue) => {
+            println!(
+                "{} tools in {} tabs: ok",
+                catalogue.len(),
+                catalogue.tabs().len()
+            );
+            Ok(())
+        }
+        Err(problems) => {
+            for problem in &problems {
+                println!("{problem}");
+            }
+            Err(anyhow!("{} problem(s) in the prompt files", problems.len()).into())
+        }
     }
 }
 

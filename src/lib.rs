@@ -25,5 +25,7 @@ pub mod server;
 pub mod telemetry;
 /// RFC 3339 timestamps.
 pub mod timestamp;
+/// Tabs, tools and the prompt catalogue.
+pub mod tools;
 /// User accounts.
 pub mod users;

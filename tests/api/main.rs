@@ -2,6 +2,7 @@
 //! and talks HTTP to it (and runs the real binary for the CLI).
 
 mod auth;
+mod catalogue;
 mod cli;
 mod gigachat;
 mod helpers;
