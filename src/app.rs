@@ -9,6 +9,7 @@ use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::db::Db;
 use crate::llm::{self, LlmRouter};
+use crate::tools;
 
 /// Cheap to clone; every field is shared.
 #[derive(Clone)]
@@ -23,12 +24,19 @@ pub struct AppState {
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// The configured AI providers behind retries, fallback and metrics.
     pub llm: Arc<LlmRouter>,
+    /// The prompt catalogue (tabs and tools), reloaded when a prompts directory changes.
+    pub tools: tools::catalogue::Current,
 }
 
 impl AppState {
-    /// Creates the data directory, opens and migrates the database, and loads (or generates)
-    /// the JWT secret. Touches no network.
+    /// Creates the data directory, opens and migrates the database, loads (or generates) the
+    /// JWT secret and loads the prompt catalogue, refusing a broken one. Touches no network.
     pub fn new(config: Config) -> anyhow::Result<AppState> {
+        let tools = tools::catalogue::Current::load(tools::catalogue::Source::from_config(&config))
+            .map_err(|problems| {
+                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                anyhow::anyhow!("the prompt files have problems:\n{}", lines.join("\n"))
+            })?;
         let db = open_db(&config)?;
         let secret = match &config.auth.jwt_secret {
             Some(secret) => secret.expose().as_bytes().to_vec(),
@@ -54,6 +62,7 @@ impl AppState {
             Arc::new(llm::metrics::Metrics::default()),
         );
         Ok(AppState {
+            tools,
             llm: Arc::new(llm),
             auth: Arc::new(Auth::new(&config.auth, &secret)),
             trusted_proxies: config.trusted_proxies().into(),

@@ -15,6 +15,10 @@ pub mod config;
 pub mod db;
 /// The JSON error body.
 pub mod error;
+/// Generation sessions and their history.
+pub mod generation;
+/// `Idempotency-Key` handling for paid POSTs.
+pub mod idempotency;
 /// AI text generation: providers, router, metrics.
 pub mod llm;
 /// Extractors shared by all routes.

@@ -190,3 +190,76 @@ mod tests {
         assert_eq!(client_ip(stranger, &parts, &trusted), stranger);
     }
 }
+
+/// `limit` (1–100, default 20) and `offset` (≥ 0) of a list (CONTRACT §3).
+#[derive(Debug, Clone, Copy)]
+pub struct Pagination {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// The `pagination` object of a list answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Page {
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+    pub has_more: bool,
+}
+
+impl Pagination {
+    pub fn page(&self, total: i64) -> Page {
+        Page {
+            total,
+            limit: self.limit,
+            offset: self.offset,
+            has_more: self.offset + self.limit < total,
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Pagination {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query: Vec<(String, String)> =
+            serde_urlencoded::from_str(parts.uri.query().unwrap_or("")).unwrap_or_default();
+        let get = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let mut errors = Vec::new();
+        let mut number = |name: &str, default: i64, min: i64, max: i64| match get(name) {
+            None => default,
+            Some(raw) => match raw.trim().parse::<i64>() {
+                Ok(n) if (min..=max).contains(&n) => n,
+                Ok(_) => {
+                    let msg = if max == i64::MAX {
+                        format!("Input should be greater than or equal to {min}")
+                    } else {
+                        format!("Input should be between {min} and {max}")
+                    };
+                    errors.push(FieldError::query(name, msg, "value_error"));
+                    default
+                }
+                Err(_) => {
+                    errors.push(FieldError::query(
+                        name,
+                        "Input should be a valid integer",
+                        "int_parsing",
+                    ));
+                    default
+                }
+            },
+        };
+        let limit = number("limit", 20, 1, 100);
+        let offset = number("offset", 0, 0, i64::MAX);
+        if errors.is_empty() {
+            Ok(Pagination { limit, offset })
+        } else {
+            Err(ApiError::validation(errors))
+        }
+    }
+}

@@ -25,7 +25,7 @@ use crate::app::AppState;
 use crate::error::{self, ApiError};
 use crate::request::BODY_LIMIT;
 use crate::request::ClientIp;
-use crate::{auth, db};
+use crate::{auth, db, generation, tools};
 
 /// Where the OpenAPI document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -34,7 +34,12 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 #[openapi(
     info(title = "Easy Writer", description = "Self-hosted backend for an AI writing assistant."),
     modifiers(&BearerAuth),
-    tags((name = "auth", description = "Accounts and sign-in"), (name = "system", description = "Health"))
+    tags(
+        (name = "auth", description = "Accounts and sign-in"),
+        (name = "tools", description = "Tabs, tools and execution"),
+        (name = "generation", description = "Generation history"),
+        (name = "system", description = "Health and metrics"),
+    )
 )]
 struct ApiDoc;
 
@@ -65,7 +70,12 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(doc)
         .routes(routes!(health))
         .routes(routes!(metrics))
-        .nest("/api/v1", auth::routes::router())
+        .nest(
+            "/api/v1",
+            auth::routes::router()
+                .merge(tools::routes::router())
+                .merge(generation::routes::router()),
+        )
         .split_for_parts()
 }
 
@@ -152,11 +162,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let pruner = tokio::spawn(auth::prune_periodically(state.db.clone()));
+    let watcher = tokio::spawn(state.tools.clone().watch());
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     pruner.abort();
+    watcher.abort();
     served
 }
 

@@ -16,11 +16,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. `version` must equal the position + 1.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init",
-    sql: include_str!("../../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init",
+        sql: include_str!("../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_generation",
+        sql: include_str!("../../migrations/0002_generation.sql"),
+    },
+];
 
 /// A migration with whether it has been applied, for `migrate --status`.
 pub struct Status {

@@ -6,6 +6,7 @@
 
 pub mod catalogue;
 pub mod render;
+pub mod routes;
 
 pub use catalogue::{Catalogue, Tool};
 

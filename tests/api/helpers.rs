@@ -277,3 +277,37 @@ pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) 
 pub fn email(tag: &str) -> String {
     format!("{tag}-{}@example.com", uuid::Uuid::now_v7().simple())
 }
+
+impl TestApp {
+    /// Credits `raits` through the ledger, as an operator adjustment would.
+    pub async fn topup(&self, user_id: &str, raits: i64) {
+        let user_id = user_id.to_owned();
+        self.state
+            .db
+            .write(move |tx| {
+                easy_writer::billing::ledger::record(
+                    tx,
+                    &easy_writer::billing::ledger::Entry {
+                        user_id: &user_id,
+                        kind: easy_writer::billing::Kind::Adjustment,
+                        amount: raits,
+                        description: Some("test top-up"),
+                        payment_id: None,
+                        reference: None,
+                    },
+                )
+            })
+            .await
+            .expect("top-up");
+    }
+
+    pub async fn post_authed(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+}

@@ -11,4 +11,5 @@ mod openai;
 mod persistence;
 mod proxy;
 mod router;
+mod tools;
 mod yandexgpt;

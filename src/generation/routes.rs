@@ -1,0 +1,89 @@
+//! `/generation/sessions`: a user's generation history.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::Session;
+use super::store::{self, Filter};
+use crate::app::AppState;
+use crate::auth::extract::CurrentUser;
+use crate::error::{ApiError, ErrorBody, FieldError};
+use crate::request::{Page, Pagination};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_sessions))
+        .routes(routes!(get_session))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionList {
+    sessions: Vec<Session>,
+    pagination: Page,
+}
+
+#[derive(Deserialize)]
+struct FilterQuery {
+    tool_id: Option<String>,
+    status: Option<String>,
+}
+
+const STATUSES: &[&str] = &["pending", "in_progress", "completed", "failed"];
+
+/// The caller's sessions, newest first.
+#[utoipa::path(get, path = "/generation/sessions", tag = "generation", security(("bearer" = [])),
+    params(("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query),
+           ("tool_id" = Option<String>, Query), ("status" = Option<String>, Query)),
+    responses((status = 200, body = SessionList), (status = 422, body = ErrorBody)))]
+async fn list_sessions(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    page: Pagination,
+    Query(query): Query<FilterQuery>,
+) -> Result<Json<SessionList>, ApiError> {
+    if let Some(status) = &query.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::validation(vec![FieldError::query(
+            "status",
+            format!("Input should be one of {}", STATUSES.join(", ")),
+            "enum",
+        )]));
+    }
+    let filter = Filter {
+        tool_id: query.tool_id.filter(|t| !t.is_empty()),
+        status: query.status,
+    };
+    let user_id = current.user.id;
+    let (sessions, total) = state
+        .db
+        .read(move |c| store::list(c, &user_id, &filter, page.limit, page.offset))
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(SessionList {
+        sessions,
+        pagination: page.page(total),
+    }))
+}
+
+/// One of the caller's sessions; another user's is a 404.
+#[utoipa::path(get, path = "/generation/sessions/{id}", tag = "generation", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = Session), (status = 404, body = ErrorBody)))]
+async fn get_session(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Json<Session>, ApiError> {
+    let user_id = current.user.id;
+    state
+        .db
+        .read(move |c| store::by_id(c, &user_id, &id))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("No such session"))
+}
