@@ -471,17 +471,11 @@ async fn history_pagination_edges_and_filters() {
         .unwrap();
     assert_eq!(page["sessions"].as_array().unwrap().len(), 2);
     assert_eq!(page["pagination"]["has_more"], true);
-    let newest = page["sessions"][0]["created_at"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        newest
-            >= page["sessions"][1]["created_at"]
-                .as_str()
-                .unwrap()
-                .to_owned()
+    let (newest, next) = (
+        &page["sessions"][0]["created_at"],
+        &page["sessions"][1]["created_at"],
     );
+    assert!(newest.as_str().unwrap() >= next.as_str().unwrap());
     let past: Value = app
         .get_authed("/api/v1/generation/sessions?offset=10", &user.access_token)
         .await
