@@ -25,7 +25,7 @@ use crate::app::AppState;
 use crate::error::{self, ApiError};
 use crate::request::BODY_LIMIT;
 use crate::request::ClientIp;
-use crate::{auth, db, generation, tools};
+use crate::{auth, db, generation, tools, users};
 
 /// Where the OpenAPI document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -38,6 +38,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "auth", description = "Accounts and sign-in"),
         (name = "tools", description = "Tabs, tools and execution"),
         (name = "generation", description = "Generation history"),
+        (name = "user", description = "Profile, balance, transactions, password"),
         (name = "system", description = "Health and metrics"),
     )
 )]
@@ -74,7 +75,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             "/api/v1",
             auth::routes::router()
                 .merge(tools::routes::router())
-                .merge(generation::routes::router()),
+                .merge(generation::routes::router())
+                .merge(users::routes::router()),
         )
         .split_for_parts()
 }

@@ -88,3 +88,46 @@ pub fn sum(conn: &rusqlite::Connection, user_id: &str) -> Result<i64, Error> {
         |r| r.get(0),
     )?)
 }
+
+/// A ledger row as the API shows it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Row {
+    pub id: String,
+    /// `topup`, `spend`, `refund` or `adjustment`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Signed raits.
+    pub amount: i64,
+    pub description: Option<String>,
+    pub payment_id: Option<String>,
+    pub created_at: String,
+}
+
+/// A page of a user's ledger rows, newest first, with the total count.
+pub fn page(
+    conn: &rusqlite::Connection,
+    user_id: &str,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Row>, i64), Error> {
+    let total: i64 = conn
+        .prepare_cached("select count(*) from transactions where user_id = ?1")?
+        .query_row([user_id], |r| r.get(0))?;
+    let rows = conn
+        .prepare_cached(
+            "select id, type, amount, description, payment_id, created_at from transactions
+             where user_id = ?1 order by created_at desc, id desc limit ?2 offset ?3",
+        )?
+        .query_map(params![user_id, limit, offset], |r| {
+            Ok(Row {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                amount: r.get(2)?,
+                description: r.get(3)?,
+                payment_id: r.get(4)?,
+                created_at: r.get(5)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok((rows, total))
+}

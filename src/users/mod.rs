@@ -2,6 +2,7 @@
 //!
 //! Knows nothing about tokens or HTTP; `auth` and the CLI build on it.
 
+pub mod routes;
 pub mod store;
 
 use serde::Serialize;

@@ -102,3 +102,25 @@ pub fn set_active(tx: &Transaction<'_>, email: &str, active: bool) -> Result<boo
     )?;
     Ok(changed == 1)
 }
+
+/// Sets (or clears) the display name.
+pub fn set_name(tx: &Transaction<'_>, id: &str, name: Option<&str>) -> Result<(), db::Error> {
+    tx.execute(
+        "update users set name = ?2, updated_at = ?3 where id = ?1",
+        params![id, name, timestamp::now()],
+    )?;
+    Ok(())
+}
+
+/// Replaces the password hash.
+pub fn set_password(
+    tx: &Transaction<'_>,
+    id: &str,
+    hashed_password: &str,
+) -> Result<(), db::Error> {
+    tx.execute(
+        "update users set hashed_password = ?2, updated_at = ?3 where id = ?1",
+        params![id, hashed_password, timestamp::now()],
+    )?;
+    Ok(())
+}
