@@ -4,7 +4,7 @@
 //! The key is claimed in the same transaction as the debit, so a claim exists exactly when the
 //! money was taken; the final answer is stored in the transaction that settles the work.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use crate::{db, timestamp};
@@ -41,12 +41,7 @@ pub fn request_hash(parts: &[&str]) -> String {
 }
 
 /// Claims `key` for `user_id`; an entry older than the window is forgotten first.
-pub fn claim(
-    tx: &Transaction<'_>,
-    user_id: &str,
-    key: &str,
-    hash: &str,
-) -> Result<Claim, db::Error> {
+pub fn claim(tx: &Connection, user_id: &str, key: &str, hash: &str) -> Result<Claim, db::Error> {
     let now = time::OffsetDateTime::now_utc();
     let cutoff = timestamp::format(now - time::Duration::seconds(WINDOW_SECS));
     tx.prepare_cached(
@@ -80,7 +75,7 @@ pub fn claim(
 
 /// Stores the answer to replay.
 pub fn finish(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     user_id: &str,
     key: &str,
     status: u16,

@@ -1,7 +1,7 @@
 //! SQL for sign-in sessions (refresh token families) and their rotating refresh tokens.
 
 use base64::Engine;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use crate::users::{self, User};
@@ -24,7 +24,7 @@ fn new_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
 
-fn insert_token(tx: &Transaction<'_>, session_id: &str) -> Result<String, db::Error> {
+fn insert_token(tx: &Connection, session_id: &str) -> Result<String, db::Error> {
     let token = new_token();
     let now = time::OffsetDateTime::now_utc();
     let expires = now + time::Duration::seconds(REFRESH_TTL_SECS);
@@ -42,7 +42,7 @@ fn insert_token(tx: &Transaction<'_>, session_id: &str) -> Result<String, db::Er
 }
 
 /// Starts a new sign-in session for `user_id` with its first refresh token.
-pub fn start_session(tx: &Transaction<'_>, user_id: &str) -> Result<Issued, db::Error> {
+pub fn start_session(tx: &Connection, user_id: &str) -> Result<Issued, db::Error> {
     let session_id = uuid::Uuid::now_v7().to_string();
     let now = timestamp::now();
     tx.prepare_cached(
@@ -74,7 +74,7 @@ pub enum Rotation {
 /// Rotates `token`: marks it used and issues its successor. A token already rotated within
 /// `grace_secs` is a concurrent refresh (two tabs) and gets a successor too; later, it is
 /// treated as stolen and its whole family is revoked.
-pub fn rotate(tx: &Transaction<'_>, token: &str, grace_secs: u64) -> Result<Rotation, db::Error> {
+pub fn rotate(tx: &Connection, token: &str, grace_secs: u64) -> Result<Rotation, db::Error> {
     let row = tx
         .prepare_cached(
             "select t.session_id, t.expires_at, t.used_at, s.revoked_at, s.user_id
@@ -134,7 +134,7 @@ pub fn rotate(tx: &Transaction<'_>, token: &str, grace_secs: u64) -> Result<Rota
 }
 
 /// Revokes the session a refresh token belongs to (logout). Unknown tokens are ignored.
-pub fn revoke_by_token(tx: &Transaction<'_>, token: &str) -> Result<(), db::Error> {
+pub fn revoke_by_token(tx: &Connection, token: &str) -> Result<(), db::Error> {
     let session: Option<String> = tx
         .query_row(
             "select session_id from refresh_tokens where token_hash = ?1",
@@ -148,11 +148,7 @@ pub fn revoke_by_token(tx: &Transaction<'_>, token: &str) -> Result<(), db::Erro
     Ok(())
 }
 
-pub fn revoke_session(
-    tx: &Transaction<'_>,
-    session_id: &str,
-    reason: &str,
-) -> Result<(), db::Error> {
+pub fn revoke_session(tx: &Connection, session_id: &str, reason: &str) -> Result<(), db::Error> {
     tx.prepare_cached(
         "update auth_sessions set revoked_at = ?2, revoked_reason = ?3, updated_at = ?2
          where id = ?1 and revoked_at is null",
@@ -163,7 +159,7 @@ pub fn revoke_session(
 
 /// Revokes every session of `user_id` except `keep` (password change).
 pub fn revoke_other_sessions(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     user_id: &str,
     keep: &str,
     reason: &str,
@@ -200,7 +196,7 @@ pub fn user_for_access(
 
 /// Deletes refresh tokens past their expiry, then sessions left without any token. Expired
 /// tokens are refused anyway; this only keeps the tables from growing forever.
-pub fn prune(tx: &Transaction<'_>) -> Result<usize, db::Error> {
+pub fn prune(tx: &Connection) -> Result<usize, db::Error> {
     let now = timestamp::now();
     let tokens = tx.execute("delete from refresh_tokens where expires_at < ?1", [&now])?;
     let sessions = tx.execute(

@@ -1,6 +1,6 @@
 //! Writing ledger rows together with the balance they change.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Error, Kind};
 use crate::timestamp;
@@ -21,7 +21,7 @@ pub struct Entry<'a> {
 /// Applies `entry` inside `tx`: a guarded balance update plus its ledger row. Returns the new
 /// balance. A change that would take the balance below zero fails with `InsufficientBalance`
 /// and changes nothing.
-pub fn record(tx: &Transaction<'_>, entry: &Entry<'_>) -> Result<i64, Error> {
+pub fn record(tx: &Connection, entry: &Entry<'_>) -> Result<i64, Error> {
     debug_assert!(entry.amount != 0, "a zero ledger row says nothing");
     let new_balance: Option<i64> = tx
         .prepare_cached(
@@ -81,7 +81,7 @@ pub fn record(tx: &Transaction<'_>, entry: &Entry<'_>) -> Result<i64, Error> {
 }
 
 /// The sum of a user's ledger rows; equal to their balance (checked by tests and `user list`).
-pub fn sum(conn: &rusqlite::Connection, user_id: &str) -> Result<i64, Error> {
+pub fn sum(conn: &Connection, user_id: &str) -> Result<i64, Error> {
     Ok(conn.query_row(
         "select coalesce(sum(amount), 0) from transactions where user_id = ?1",
         [user_id],
@@ -105,7 +105,7 @@ pub struct Row {
 
 /// A page of a user's ledger rows, newest first, with the total count.
 pub fn page(
-    conn: &rusqlite::Connection,
+    conn: &Connection,
     user_id: &str,
     limit: i64,
     offset: i64,

@@ -1,24 +1,29 @@
 //! The SQLite database: one writer connection, a pool of readers, and the bridge that runs
 //! their blocking work off the async workers.
 //!
-//! Every write goes through [`Db::write`], which opens an `IMMEDIATE` transaction on the single
-//! writer (so `SQLITE_BUSY` cannot surprise a deferred transaction halfway) and commits it with
-//! `synchronous=FULL` before the caller answers anyone. Readers run with WAL and never block the
-//! writer. No connection is ever held across an `.await`.
+//! Every write goes through [`Db::write`]: one writer thread owns the write connection and runs
+//! queued writes in `IMMEDIATE` transactions (so `SQLITE_BUSY` cannot surprise a deferred
+//! transaction halfway), committed with `synchronous=FULL` before any caller hears back. Writes
+//! that queue up while a commit is on disk share the next transaction, each in its own
+//! savepoint (group commit): a failing write is rolled back alone, and one fsync serves many.
+//! Readers run with WAL and never block the writer. No connection is held across an `.await`.
 
 pub mod migrate;
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 
 /// How long a connection waits for a lock before giving up with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Readers kept in the pool at most; WAL lets them all read while the writer writes.
 const MAX_READERS: u32 = 8;
+/// Most writes that share one transaction.
+const MAX_BATCH: usize = 128;
 
 /// Why a database call failed. Callers map these to `500`; constraint violations they expect
 /// (a taken email) are matched at the call site.
@@ -48,11 +53,17 @@ impl Error {
     }
 }
 
+/// A queued write: runs inside the batch's transaction (`None`: no transaction could be
+/// begun, so it must not run) and returns what to do once the transaction's fate is known.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Settle + Send>;
+/// Delivers a job's result: `Ok` when the batch committed, else the commit's error.
+type Settle = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Db {
     readers: r2d2::Pool<SqliteConnectionManager>,
-    writer: Arc<Mutex<Connection>>,
+    writes: crossbeam_channel::Sender<Job>,
     path: Arc<PathBuf>,
 }
 
@@ -61,6 +72,11 @@ impl Db {
     pub fn open(path: &Path) -> Result<Db, Error> {
         let mut writer = connect(path)?;
         migrate::apply(&mut writer)?;
+        let (writes, queue) = crossbeam_channel::unbounded::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || write_loop(writer, &queue))
+            .map_err(|e| Error::Task(format!("cannot start the writer thread: {e}")))?;
 
         let manager = SqliteConnectionManager::file(path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
@@ -75,7 +91,7 @@ impl Db {
             .build(manager)?;
         Ok(Db {
             readers,
-            writer: Arc::new(Mutex::new(writer)),
+            writes,
             path: Arc::new(path.to_owned()),
         })
     }
@@ -100,44 +116,94 @@ impl Db {
         .await
     }
 
-    /// Runs `f` inside an `IMMEDIATE` transaction on the writer, committing when it returns
-    /// `Ok`. The commit is durable (`synchronous=FULL`) before this returns.
+    /// Runs `f` inside a write transaction (its own savepoint of a possibly shared
+    /// `IMMEDIATE` transaction). `Ok` keeps its changes, `Err` rolls them back; either way the
+    /// result arrives only after the transaction is durably committed (`synchronous=FULL`).
+    /// A panic in `f` rolls its changes back and is re-raised here.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
-        let writer = self.writer.clone();
-        run_blocking(move || {
-            let mut conn = writer
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(Error::from)?;
-            let value = f(&tx)?;
-            tx.commit().map_err(Error::from)?;
-            Ok(value)
-        })
-        .await
+        let (tx, rx) = tokio::sync::oneshot::channel::<std::thread::Result<Result<T, E>>>();
+        let span = tracing::Span::current();
+        let job: Job = Box::new(move |conn: Option<&Connection>| {
+            let outcome = match conn {
+                Some(conn) => span.in_scope(|| in_savepoint(conn, f)),
+                None => Ok(Err(Error::Task(
+                    "could not begin a write transaction".into(),
+                )
+                .into())),
+            };
+            Box::new(move |commit: Result<(), &rusqlite::Error>| {
+                let outcome = match (outcome, commit) {
+                    (Ok(Ok(value)), Ok(())) => Ok(Ok(value)),
+                    (Ok(Ok(_)), Err(e)) => {
+                        Ok(Err(Error::Task(format!("commit failed: {e}")).into()))
+                    }
+                    (other, _) => other,
+                };
+                let _ = tx.send(outcome);
+            })
+        });
+        self.writes
+            .send(job)
+            .map_err(|_| Error::Task("the writer thread has stopped".into()))?;
+        match rx.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err(Error::Task("the writer thread dropped a write".into()).into()),
+        }
     }
+}
 
-    /// Runs `f` with the writer connection outside any transaction (backups, checks).
-    pub async fn with_writer<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<Error> + Send + 'static,
-    {
-        let writer = self.writer.clone();
-        run_blocking(move || {
-            let mut conn = writer
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut conn)
-        })
-        .await
+/// Runs one write in a savepoint of the open transaction, keeping or undoing its changes.
+fn in_savepoint<T, E, F>(conn: &Connection, f: F) -> std::thread::Result<Result<T, E>>
+where
+    F: FnOnce(&Connection) -> Result<T, E>,
+    E: From<Error>,
+{
+    if let Err(e) = conn.execute_batch("savepoint write") {
+        return Ok(Err(Error::from(e).into()));
+    }
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)));
+    let close = match &outcome {
+        Ok(Ok(_)) => conn.execute_batch("release write"),
+        _ => conn.execute_batch("rollback to write; release write"),
+    };
+    match (outcome, close) {
+        (Ok(Ok(_)), Err(e)) => Ok(Err(Error::from(e).into())),
+        (outcome, _) => outcome,
+    }
+}
+
+/// The writer thread: takes every write that is waiting, runs them in one transaction, commits
+/// once, then answers each. Ends when the last `Db` handle is dropped.
+fn write_loop(conn: Connection, queue: &crossbeam_channel::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("begin immediate") {
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            for job in batch {
+                job(None)(Err(&e));
+            }
+            continue;
+        }
+        let settles: Vec<Settle> = batch.into_iter().map(|job| job(Some(&conn))).collect();
+        let committed = conn.execute_batch("commit");
+        if committed.is_err() {
+            let _ = conn.execute_batch("rollback");
+        }
+        for settle in settles {
+            settle(committed.as_ref().map(|_| ()));
+        }
     }
 }
 
@@ -186,4 +252,81 @@ fn init_connection(conn: &Connection, synchronous: &str) -> Result<(), rusqlite:
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", synchronous)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        (dir, db)
+    }
+
+    async fn count(db: &Db) -> i64 {
+        db.read(|c| Ok::<i64, Error>(c.query_row("select count(*) from users", [], |r| r.get(0))?))
+            .await
+            .unwrap()
+    }
+
+    fn insert(c: &Connection, email: &str) -> Result<(), Error> {
+        c.execute(
+            "insert into users (id, email, created_at, updated_at) values (?1, ?1, 'now', 'now')",
+            [email],
+        )?;
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_commit_alone_or_together_and_failures_roll_back_alone() {
+        let (_dir, db) = db();
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    db.write(move |c| {
+                        insert(c, &format!("u{i}@x.io"))?;
+                        if i % 10 == 0 {
+                            // A unique violation after a successful insert: both are undone.
+                            insert(c, &format!("u{i}@x.io"))?;
+                        }
+                        Ok::<_, Error>(i)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut failed = 0;
+        for task in tasks {
+            if task.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 20);
+        assert_eq!(count(&db).await, 180);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_write_is_rolled_back_and_re_raised() {
+        let (_dir, db) = db();
+        let db2 = db.clone();
+        let panicked = tokio::spawn(async move {
+            db2.write(|c| {
+                insert(c, "p@x.io")?;
+                if c.is_autocommit() {
+                    return Err(Error::Task("not in a transaction".into()));
+                }
+                panic!("boom");
+                #[allow(unreachable_code)]
+                Ok::<(), Error>(())
+            })
+            .await
+        })
+        .await;
+        assert!(panicked.unwrap_err().is_panic());
+        assert_eq!(count(&db).await, 0);
+        db.write(|c| insert(c, "ok@x.io")).await.unwrap();
+        assert_eq!(count(&db).await, 1);
+    }
 }

@@ -1,6 +1,6 @@
 //! SQL for generation sessions. Money moves here only through `billing::ledger`.
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
 use super::{Session, SessionError};
@@ -52,7 +52,7 @@ pub struct NewSession<'a> {
 
 /// Inserts the session and debits its price as a `spend` row, in the caller's transaction.
 /// Fails with `InsufficientBalance` (and changes nothing once the caller rolls back) when short.
-pub fn open(tx: &Transaction<'_>, new: &NewSession<'_>) -> Result<Session, billing::Error> {
+pub fn open(tx: &Connection, new: &NewSession<'_>) -> Result<Session, billing::Error> {
     let id = uuid::Uuid::now_v7().to_string();
     let now = timestamp::now();
     tx.prepare_cached(
@@ -95,7 +95,7 @@ pub struct Outcome<'a> {
 
 /// Marks a running session completed.
 pub fn complete(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     user_id: &str,
     id: &str,
     outcome: &Outcome<'_>,
@@ -121,7 +121,7 @@ pub fn complete(
 /// Marks a session failed and refunds what it cost, in the caller's transaction. A session
 /// already settled is left as it is (the refund's unique reference makes this idempotent).
 pub fn fail(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     user_id: &str,
     id: &str,
     error: &SessionError,

@@ -1,6 +1,6 @@
 //! SQL for the `users` table.
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::User;
 use crate::{db, timestamp};
@@ -53,7 +53,7 @@ impl From<rusqlite::Error> for InsertError {
 }
 
 /// Inserts a local user; the unique email index decides races between concurrent sign-ups.
-pub fn insert(tx: &Transaction<'_>, new: &NewUser<'_>) -> Result<User, InsertError> {
+pub fn insert(tx: &Connection, new: &NewUser<'_>) -> Result<User, InsertError> {
     let now = timestamp::now();
     let id = uuid::Uuid::now_v7().to_string();
     let result = tx.execute(
@@ -95,7 +95,7 @@ pub fn list(conn: &Connection) -> Result<Vec<User>, db::Error> {
 }
 
 /// Blocks or unblocks a user; false when no such email exists.
-pub fn set_active(tx: &Transaction<'_>, email: &str, active: bool) -> Result<bool, db::Error> {
+pub fn set_active(tx: &Connection, email: &str, active: bool) -> Result<bool, db::Error> {
     let changed = tx.execute(
         "update users set is_active = ?1, updated_at = ?2 where email = ?3 collate nocase",
         params![active, timestamp::now(), email.trim()],
@@ -104,7 +104,7 @@ pub fn set_active(tx: &Transaction<'_>, email: &str, active: bool) -> Result<boo
 }
 
 /// Sets (or clears) the display name.
-pub fn set_name(tx: &Transaction<'_>, id: &str, name: Option<&str>) -> Result<(), db::Error> {
+pub fn set_name(tx: &Connection, id: &str, name: Option<&str>) -> Result<(), db::Error> {
     tx.execute(
         "update users set name = ?2, updated_at = ?3 where id = ?1",
         params![id, name, timestamp::now()],
@@ -113,11 +113,7 @@ pub fn set_name(tx: &Transaction<'_>, id: &str, name: Option<&str>) -> Result<()
 }
 
 /// Replaces the password hash.
-pub fn set_password(
-    tx: &Transaction<'_>,
-    id: &str,
-    hashed_password: &str,
-) -> Result<(), db::Error> {
+pub fn set_password(tx: &Connection, id: &str, hashed_password: &str) -> Result<(), db::Error> {
     tx.execute(
         "update users set hashed_password = ?2, updated_at = ?3 where id = ?1",
         params![id, hashed_password, timestamp::now()],
