@@ -332,11 +332,16 @@ async fn execute(
         .recommended_provider
         .unwrap_or_else(|| llm::router::preferred_for(tool.tab, &tool.id));
     let deadline = Duration::from_secs(state.config.llm.quick_deadline_secs.max(1));
-    let generated = tokio::time::timeout(deadline, state.llm.chat(Some(preferred), &request)).await;
+    // The rest runs as its own task: a client that hangs up must not stop the session from
+    // being settled (its raits kept for a result, or refunded).
+    let task_state = state.clone();
+    let session_id = session.id.clone();
+    let settle = async move {
+        let state = task_state;
+        let generated =
+            tokio::time::timeout(deadline, state.llm.chat(Some(preferred), &request)).await;
 
-    // Transaction 2: the result, or the failure with its refund; and the answer to replay.
-    let settled = {
-        let (user_id, session_id) = (user_id.clone(), session.id.clone());
+        // Transaction 2: the result, or the failure with its refund; and the answer to replay.
         state
             .db
             .write(move |tx| {
@@ -390,8 +395,9 @@ async fn execute(
             })
             .await
     };
-    match settled {
-        Ok((status, body)) => Ok(replay(status.as_u16(), body)),
+    match tokio::spawn(settle).await {
+        Ok(Ok((status, body))) => Ok(replay(status.as_u16(), body)),
+        Ok(Err(e)) => Err(ApiError::internal(&e)),
         Err(e) => Err(ApiError::internal(&e)),
     }
 }

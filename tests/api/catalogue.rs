@@ -229,3 +229,90 @@ fn a_prompts_directory_may_add_tools_and_broken_files_are_named() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn a_served_prompts_directory_is_reloaded_on_change_and_a_broken_change_keeps_the_last_good()
+{
+    let dir = tempfile::tempdir().unwrap();
+    copy_prompts(dir.path());
+    let app = crate::helpers::builder()
+        .env("EASY_WRITER_PROMPTS_DIR", dir.path().display())
+        .spawn()
+        .await;
+    let user = app.register(&crate::helpers::email("reload")).await;
+    let toast_name = |tabs: &Value| -> String {
+        tabs["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == "toast")
+            .unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let special = || async {
+        app.get_authed("/api/v1/tools/tabs/special", &user.access_token)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(toast_name(&special().await), "Тост");
+
+    let file = dir.path().join("special/toast.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen("name: Тост", "name: Тост за столом", 1),
+    )
+    .unwrap();
+    let mut reloaded = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if toast_name(&special().await) == "Тост за столом" {
+            reloaded = true;
+            break;
+        }
+    }
+    assert!(reloaded, "the change was not picked up within 10 s");
+
+    // A broken change is refused; the last good catalogue keeps serving.
+    std::fs::write(&file, "name: [broken").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(toast_name(&special().await), "Тост за столом");
+}
+
+#[test]
+fn serve_refuses_to_start_on_a_broken_prompts_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_prompts(dir.path());
+    write(dir.path(), "everyday/spell_check.yaml", "name: [broken");
+    let config = dir.path().join("empty.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env_clear()
+        .env("EASY_WRITER_PROMPTS_DIR", dir.path())
+        .env("EASY_WRITER_DATA_DIR", dir.path().join("data"))
+        .env("EASY_WRITER_CONFIG", &config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("serve started on a broken prompts directory");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("everyday/spell_check.yaml: invalid YAML"),
+        "{stderr}"
+    );
+}

@@ -508,3 +508,36 @@ async fn history_pagination_edges_and_filters() {
         .unwrap();
     assert_eq!(completed["pagination"]["total"], 3);
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_still_gets_its_session_settled() {
+    let (app, user) = app_with_user(100).await;
+    answer_with(
+        &app,
+        ResponseTemplate::new(200)
+            .set_body_string(ANSWER)
+            .set_delay(std::time::Duration::from_millis(400)),
+        1,
+    )
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(app.url("/api/v1/tools/spell_check/execute"))
+        .bearer_auth(&user.access_token)
+        .json(&spell_check())
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client should have timed out");
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let list: Value = app
+        .get_authed("/api/v1/generation/sessions", &user.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["sessions"][0]["status"], "completed", "{list}");
+    assert_eq!(app.balance_and_ledger_sum(&user.user_id), (95, 95));
+}
