@@ -541,3 +541,36 @@ async fn a_client_that_hangs_up_still_gets_its_session_settled() {
     assert_eq!(list["sessions"][0]["status"], "completed", "{list}");
     assert_eq!(app.balance_and_ledger_sum(&user.user_id), (95, 95));
 }
+
+#[tokio::test]
+async fn a_run_past_the_quick_deadline_fails_with_503_and_is_refunded() {
+    let app = builder()
+        .upstream("OPENAI_BASE_URL")
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("EASY_WRITER_QUICK_DEADLINE_SECS", 1)
+        .spawn()
+        .await;
+    let user = app.register(&email("deadline")).await;
+    app.topup(&user.user_id, 20).await;
+    answer_with(
+        &app,
+        ResponseTemplate::new(200)
+            .set_body_string(ANSWER)
+            .set_delay(std::time::Duration::from_secs(3)),
+        1,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let response = app
+        .post_authed(
+            "/api/v1/tools/spell_check/execute",
+            &user.access_token,
+            &spell_check(),
+        )
+        .await;
+    assert!(started.elapsed() < std::time::Duration::from_millis(2500));
+    let body = expect_error(response, 503, "timeout").await;
+    assert_eq!(body["session"]["status"], "failed");
+    assert_eq!(body["session"]["error"]["code"], "timeout");
+    assert_eq!(app.balance_and_ledger_sum(&user.user_id), (20, 20));
+}
