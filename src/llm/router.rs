@@ -244,12 +244,18 @@ impl LlmRouter {
         }
     }
 
-    /// Generates with retries and fallback; returns who answered.
-    pub async fn chat(
-        &self,
+    /// Tries the providers in plan order, each up to [`ATTEMPTS`] times, until `call` succeeds.
+    /// `call` makes one attempt; this records its outcome, logs failures and waits between
+    /// attempts.
+    async fn run<'a, T, F, Fut>(
+        &'a self,
         preferred: Option<ProviderId>,
-        request: &ChatRequest,
-    ) -> Result<(ProviderId, ChatResponse), Unavailable> {
+        mut call: F,
+    ) -> Result<(ProviderId, T), Unavailable>
+    where
+        F: FnMut(ProviderId, &'a Slot) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>> + 'a,
+    {
         let mut attempts = Vec::new();
         let mut skipped = Vec::new();
         for id in self.plan(preferred) {
@@ -261,22 +267,12 @@ impl LlmRouter {
             let mut attempt = 1;
             loop {
                 let started = Instant::now();
-                let result = {
-                    let _permit = slot.permits.acquire().await.expect("never closed");
-                    slot.provider.chat(request).await
-                };
+                let result = call(id, slot).await;
                 let elapsed = started.elapsed();
                 match result {
-                    Ok(response) => {
+                    Ok(value) => {
                         self.record_outcome(id, slot, Ok(()), elapsed);
-                        self.metrics.record_tokens(id, &response.usage);
-                        tracing::info!(
-                            llm.provider = %id, llm.model = %response.model, attempt,
-                            duration_ms = elapsed.as_millis() as u64,
-                            tokens = response.usage.total_tokens, truncated = response.truncated,
-                            "generation succeeded"
-                        );
-                        return Ok((id, response));
+                        return Ok((id, value));
                     }
                     Err(error) => {
                         self.record_outcome(id, slot, Err(&error), elapsed);
@@ -303,78 +299,65 @@ impl LlmRouter {
         Err(Unavailable { attempts, skipped })
     }
 
+    /// Generates with retries and fallback; returns who answered.
+    pub async fn chat(
+        &self,
+        preferred: Option<ProviderId>,
+        request: &ChatRequest,
+    ) -> Result<(ProviderId, ChatResponse), Unavailable> {
+        self.run(preferred, |id, slot| async move {
+            let started = Instant::now();
+            let _permit = slot.permits.acquire().await.expect("never closed");
+            let response = slot.provider.chat(request).await?;
+            self.metrics.record_tokens(id, &response.usage);
+            tracing::info!(
+                llm.provider = %id, llm.model = %response.model,
+                duration_ms = started.elapsed().as_millis() as u64,
+                tokens = response.usage.total_tokens, truncated = response.truncated,
+                "generation succeeded"
+            );
+            Ok(response)
+        })
+        .await
+    }
+
     /// Streams with the same retries and fallback, as long as no text has been delivered; a
-    /// failure after the first delta ends the stream with that error.
+    /// failure after the first delta ends the stream with that error. The permit is held for
+    /// as long as the stream lives; tokens are counted when it finishes.
     pub async fn chat_stream(
         &self,
         preferred: Option<ProviderId>,
         request: &ChatRequest,
     ) -> Result<(ProviderId, ChatStream), Unavailable> {
-        let mut attempts = Vec::new();
-        let mut skipped = Vec::new();
-        for id in self.plan(preferred) {
-            let slot = &self.slots[&id];
-            if !self.in_rotation(slot) {
-                skipped.push((id, "out of rotation after repeated failures"));
-                continue;
-            }
-            let mut attempt = 1;
-            loop {
-                let started = Instant::now();
-                let permit = slot
-                    .permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("never closed");
-                let result = match slot.provider.chat_stream(request).await {
-                    // Wait for the first event so that a failure before any text can be retried.
-                    Ok(mut stream) => match stream.next().await {
-                        Some(Ok(first)) => Ok((first, stream)),
-                        Some(Err(e)) => Err(e),
-                        None => Err(Error::Malformed("empty stream".into())),
-                    },
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok((first, rest)) => {
-                        let metrics = self.metrics.clone();
-                        let stream = futures_util::stream::once(async move { Ok(first) })
-                            .chain(rest)
-                            .inspect(move |event| {
-                                if let Ok(StreamEvent::Done(response)) = event {
-                                    metrics.record(id, "ok", started.elapsed());
-                                    metrics.record_tokens(id, &response.usage);
-                                }
-                            })
-                            // The permit lives as long as the stream.
-                            .map(move |event| {
-                                let _ = &permit;
-                                event
-                            });
-                        slot.breaker.failures.store(0, Ordering::Relaxed);
-                        return Ok((id, Box::pin(stream)));
+        self.run(preferred, |id, slot| async move {
+            let permit = slot
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let mut stream = slot.provider.chat_stream(request).await?;
+            // Wait for the first event so that a failure before any text can be retried.
+            let first = match stream.next().await {
+                Some(Ok(first)) => first,
+                Some(Err(e)) => return Err(e),
+                None => return Err(Error::Malformed("empty stream".into())),
+            };
+            let metrics = self.metrics.clone();
+            let stream = futures_util::stream::once(async move { Ok(first) })
+                .chain(stream)
+                .inspect(move |event| {
+                    if let Ok(StreamEvent::Done(response)) = event {
+                        metrics.record_tokens(id, &response.usage);
                     }
-                    Err(error) => {
-                        drop(permit);
-                        self.record_outcome(id, slot, Err(&error), started.elapsed());
-                        let wait = self.backoff(attempt + 1, &error);
-                        attempts.push(Attempt {
-                            provider: id,
-                            error,
-                        });
-                        match wait {
-                            Some(wait) => {
-                                tokio::time::sleep(wait).await;
-                                attempt += 1;
-                            }
-                            None => break,
-                        }
-                    }
-                }
-            }
-        }
-        Err(Unavailable { attempts, skipped })
+                })
+                .map(move |event| {
+                    let _ = &permit;
+                    event
+                });
+            Ok(Box::pin(stream) as ChatStream)
+        })
+        .await
     }
 }
 
