@@ -484,10 +484,23 @@ impl Current {
         })
     }
 
-    /// The catalogue to serve now.
+    /// The catalogue to serve now. When the cached entry has expired, the last good catalogue
+    /// answers at once and a reload runs on the blocking pool, so no request waits for disk.
     pub fn get(&self) -> Arc<Catalogue> {
-        self.cache
-            .get_with((), || self.reload().unwrap_or_else(|| self.last_good()))
+        if let Some(catalogue) = self.cache.get(&()) {
+            return catalogue;
+        }
+        let catalogue = self.last_good();
+        self.cache.insert((), catalogue.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let current = self.clone();
+            runtime.spawn_blocking(move || {
+                if let Some(fresh) = current.reload() {
+                    current.cache.insert((), fresh);
+                }
+            });
+        }
+        catalogue
     }
 
     fn last_good(&self) -> Arc<Catalogue> {

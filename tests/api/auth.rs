@@ -234,7 +234,11 @@ async fn signup_bonus_is_a_ledger_row() {
 
 #[tokio::test]
 async fn login_succeeds_and_fails_the_same_way_for_unknown_emails() {
-    let app = spawn_app().await;
+    // Room for the timing runs below without tripping the per-email throttle.
+    let app = builder()
+        .env("EASY_WRITER_LOGIN_MAX_FAILURES", 100)
+        .spawn()
+        .await;
     let address = email("login");
     app.register(&address).await;
 
@@ -258,10 +262,12 @@ async fn login_succeeds_and_fails_the_same_way_for_unknown_emails() {
     .await;
     assert_eq!(wrong, unknown);
 
-    // An unknown email costs about as much as a wrong password: both run argon2.
+    // An unknown email costs about as much as a wrong password: both run argon2 (~20–40 ms),
+    // while a login that skipped it would take well under a millisecond. Medians of
+    // interleaved runs keep other tests' load from deciding the comparison.
     let mut wrong_times = Vec::new();
     let mut unknown_times = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         let started = Instant::now();
         app.login(&email("ghost"), "wrong password").await;
         unknown_times.push(started.elapsed());
@@ -269,12 +275,11 @@ async fn login_succeeds_and_fails_the_same_way_for_unknown_emails() {
         app.login(&address, "wrong password 2").await;
         wrong_times.push(started.elapsed());
     }
-    let (unknown, wrong) = (
-        unknown_times.iter().min().unwrap(),
-        wrong_times.iter().min().unwrap(),
-    );
+    unknown_times.sort();
+    wrong_times.sort();
+    let (unknown, wrong) = (unknown_times[2], wrong_times[2]);
     assert!(
-        unknown.as_secs_f64() > wrong.as_secs_f64() * 0.5,
+        unknown.as_secs_f64() > wrong.as_secs_f64() * 0.3,
         "unknown {unknown:?} vs wrong {wrong:?}"
     );
 }
