@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod openai;
 pub mod router;
 pub mod sse;
+mod wire;
 pub mod yandexgpt;
 
 use std::fmt;

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{retry_after, short};
+use super::wire::Completion;
 use super::{
     ChatRequest, ChatResponse, ChatStream, Error, Provider, ProviderId, StreamEvent, Usage, sse,
 };
@@ -108,53 +108,6 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, 
         return Err(Error::Refused(short(&message)));
     }
     Err(Error::from_status(status, retry, message))
-}
-
-#[derive(Deserialize)]
-struct Completion {
-    #[serde(default)]
-    model: String,
-    choices: Vec<Choice>,
-    #[serde(default)]
-    usage: Option<WireUsage>,
-}
-
-#[derive(Deserialize)]
-struct Choice {
-    #[serde(default)]
-    message: Option<Message>,
-    #[serde(default)]
-    delta: Option<Message>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Message {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    refusal: Option<String>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-struct WireUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    total_tokens: u64,
-}
-
-impl From<WireUsage> for Usage {
-    fn from(u: WireUsage) -> Usage {
-        Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            total_tokens: u.total_tokens.max(u.prompt_tokens + u.completion_tokens),
-        }
-    }
 }
 
 /// Decides what a finished answer means: success, truncated success, or a refusal.
