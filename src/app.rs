@@ -9,7 +9,7 @@ use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::db::Db;
 use crate::llm::{self, LlmRouter};
-use crate::tools;
+use crate::{jobs, tools, ws};
 
 /// Cheap to clone; every field is shared.
 #[derive(Clone)]
@@ -26,6 +26,10 @@ pub struct AppState {
     pub llm: Arc<LlmRouter>,
     /// The prompt catalogue (tabs and tools), reloaded when a prompts directory changes.
     pub tools: tools::catalogue::Current,
+    /// Background jobs in flight and the hub their watchers follow.
+    pub jobs: jobs::Runner,
+    /// Open WebSockets, closed on shutdown once the jobs have settled.
+    pub sockets: ws::Sockets,
 }
 
 impl AppState {
@@ -61,8 +65,14 @@ impl AppState {
             llm::router::Settings::from_config(&config),
             Arc::new(llm::metrics::Metrics::default()),
         );
+        let runner = jobs::Runner::new(
+            config.jobs.job_concurrency as usize,
+            std::time::Duration::from_secs(config.jobs.shutdown_grace_secs),
+        );
         Ok(AppState {
             tools,
+            jobs: runner,
+            sockets: ws::Sockets::default(),
             llm: Arc::new(llm),
             auth: Arc::new(Auth::new(&config.auth, &secret)),
             trusted_proxies: config.trusted_proxies().into(),

@@ -15,10 +15,12 @@ pub mod config;
 pub mod db;
 /// The JSON error body.
 pub mod error;
-/// Generation sessions and their history.
+/// Generation sessions: quick runs, standard jobs, recovery and history.
 pub mod generation;
 /// `Idempotency-Key` handling for paid POSTs.
 pub mod idempotency;
+/// The job runner and the hub where watchers follow jobs.
+pub mod jobs;
 /// AI text generation: providers, router, metrics.
 pub mod llm;
 /// Extractors shared by all routes.
@@ -33,3 +35,5 @@ pub mod timestamp;
 pub mod tools;
 /// User accounts.
 pub mod users;
+/// WebSockets: watching a generation or an image (CONTRACT §5).
+pub mod ws;

@@ -25,7 +25,7 @@ use crate::app::AppState;
 use crate::error::{self, ApiError};
 use crate::request::BODY_LIMIT;
 use crate::request::ClientIp;
-use crate::{auth, db, generation, tools, users};
+use crate::{auth, db, generation, tools, users, ws};
 
 /// Where the OpenAPI document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -140,6 +140,7 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .merge(api)
+        .merge(ws::router())
         .merge(SwaggerUi::new("/docs").url(OPENAPI_PATH, doc))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -163,12 +164,37 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Err(e) = generation::run::recover(&state).await {
+        return Err(std::io::Error::other(format!(
+            "cannot recover interrupted generations: {e:#}"
+        )));
+    }
     let pruner = tokio::spawn(auth::prune_periodically(state.db.clone()));
     let watcher = tokio::spawn(state.tools.clone().watch());
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let stopping = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    });
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let serving = async {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stopping.clone().cancelled_owned())
+            .await;
+        stopping.cancel();
+        served
+    };
+    // In-flight requests finish while running jobs get their grace period; then the sockets,
+    // which have seen every job's final event, are closed.
+    let draining = async {
+        stopping.cancelled().await;
+        state.jobs.shutdown().await;
+        state.sockets.close().await;
+    };
+    let (served, ()) = tokio::join!(serving, draining);
     pruner.abort();
     watcher.abort();
     served

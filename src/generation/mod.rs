@@ -4,7 +4,9 @@
 //! A session that was charged ends `completed`, or `failed` with a `refund` ledger row of the
 //! same amount written in the same transaction (ARCHITECTURE.md, "Invariants").
 
+pub mod pipeline;
 pub mod routes;
+pub mod run;
 pub mod store;
 
 use serde::Serialize;

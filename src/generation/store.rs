@@ -205,3 +205,56 @@ pub fn list(
         .collect::<Result<_, _>>()?;
     Ok((sessions, total))
 }
+
+/// Moves a queued session to `in_progress`; false when it is no longer queued.
+pub fn start(tx: &Connection, user_id: &str, id: &str) -> Result<bool, db::Error> {
+    let changed = tx
+        .prepare_cached(
+            "update generation_sessions set status = 'in_progress', updated_at = ?3
+             where id = ?1 and user_id = ?2 and status = 'pending'",
+        )?
+        .execute(params![id, user_id, timestamp::now()])?;
+    Ok(changed == 1)
+}
+
+/// Fails and refunds every `in_progress` session (start-up: nothing is running yet, so these
+/// were cut off by a crash or kill). Returns how many.
+pub fn interrupt_running(tx: &Connection, error: &SessionError) -> Result<usize, billing::Error> {
+    let running: Vec<(String, String)> = tx
+        .prepare_cached("select user_id, id from generation_sessions where status = 'in_progress'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (user_id, id) in &running {
+        fail(tx, user_id, id, error, None)?;
+    }
+    Ok(running.len())
+}
+
+/// A session waiting in the queue.
+pub struct Queued {
+    pub id: String,
+    pub user_id: String,
+    pub tool_id: String,
+    pub mode: String,
+    pub input_data: Value,
+}
+
+/// Every `pending` session, oldest first.
+pub fn queued(conn: &Connection) -> Result<Vec<Queued>, db::Error> {
+    Ok(conn
+        .prepare_cached(
+            "select id, user_id, tool_id, mode, input_data from generation_sessions
+             where status = 'pending' order by created_at, id",
+        )?
+        .query_map([], |r| {
+            let input: String = r.get(4)?;
+            Ok(Queued {
+                id: r.get(0)?,
+                user_id: r.get(1)?,
+                tool_id: r.get(2)?,
+                mode: r.get(3)?,
+                input_data: serde_json::from_str(&input).unwrap_or(Value::Null),
+            })
+        })?
+        .collect::<Result<_, _>>()?)
+}

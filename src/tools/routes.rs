@@ -1,11 +1,11 @@
 //! `/tools/*`: tabs, a tool's form, and execution (CONTRACT §4 "Tools and generation").
 //!
-//! A quick execution is at most two write transactions: the debit with the new session (and the
-//! idempotency claim), then the result or the refund. The provider is called between them,
-//! holding no connection.
+//! An execution is at most two write transactions: the debit with the new session (and the
+//! idempotency claim), then the result or the refund. A quick run calls the provider between
+//! them, holding no connection; a standard run is queued as a job (`generation::run`) and
+//! answered `202` at once.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -17,15 +17,14 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::catalogue::{Mode, OutputFormat, Tool};
-use super::render;
 use crate::app::AppState;
 use crate::auth::extract::CurrentUser;
 use crate::billing;
 use crate::error::{ApiError, ErrorBody, FieldError};
-use crate::generation::store::{self as sessions, NewSession, Outcome};
+use crate::generation::run;
+use crate::generation::store::{self as sessions, NewSession};
 use crate::generation::{Session, SessionError};
 use crate::idempotency::{self, Claim};
-use crate::llm::{self, ChatRequest, Quality};
 use crate::request::AppJson;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -172,19 +171,21 @@ pub struct ExecuteRequest {
     mode: Option<String>,
 }
 
-/// Runs a tool. Quick mode answers the finished session.
+/// Runs a tool. Quick mode answers the finished session; standard mode queues a job and
+/// answers `202` with the WebSocket to watch it on.
 #[utoipa::path(post, path = "/tools/{id}/execute", tag = "tools", security(("bearer" = [])),
     params(("id" = String, Path, description = "tool id"),
            ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
     request_body = ExecuteRequest,
     responses(
         (status = 200, description = "Quick run finished", body = Session),
+        (status = 202, description = "Standard run queued: `{session_id, status, ws_url}`", body = Object),
         (status = 400, description = "`mode_not_supported`", body = ErrorBody),
         (status = 402, description = "`insufficient_balance` with `required` and `balance`", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "`idempotency_conflict`", body = ErrorBody),
         (status = 422, body = ErrorBody),
-        (status = 501, description = "standard mode and image tools: not yet built", body = ErrorBody),
+        (status = 501, description = "image tools: not yet built", body = ErrorBody),
         (status = 503, description = "`providers_unavailable`, refunded", body = ErrorBody),
     ))]
 async fn execute(
@@ -243,13 +244,6 @@ async fn execute(
             "Image tools are not available yet in this version",
         ));
     }
-    if mode == Mode::Standard {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "Standard (multi-step) mode is not available yet in this version",
-        ));
-    }
     let cost = tool.cost(mode).ok_or_else(|| {
         ApiError::internal(&format!(
             "tool {} has no price for {}",
@@ -260,7 +254,8 @@ async fn execute(
     let key = idempotency_key(&headers)?;
     let user_id = current.user.id.clone();
 
-    // Transaction 1: the idempotency claim, the session and its debit.
+    // Transaction 1: the idempotency claim, the session and its debit (and, for a queued
+    // job, the answer a retry will get).
     let opened = {
         let (user_id, tool_id, input) = (user_id.clone(), tool.id.clone(), body.input.clone());
         let description = format!("Генерация: {}", tool.name);
@@ -268,9 +263,9 @@ async fn execute(
         state
             .db
             .write(move |tx| {
+                let hash =
+                    idempotency::request_hash(&[&tool_id, mode.as_str(), &input.to_string()]);
                 if let Some(key) = &key {
-                    let hash =
-                        idempotency::request_hash(&[&tool_id, mode.as_str(), &input.to_string()]);
                     match idempotency::claim(tx, &user_id, key, &hash)? {
                         Claim::Fresh => {}
                         other => return Ok(Opened::Claimed(other)),
@@ -282,12 +277,26 @@ async fn execute(
                         user_id: &user_id,
                         tool_id: &tool_id,
                         mode: mode.as_str(),
-                        status: "in_progress",
+                        status: if mode == Mode::Standard {
+                            "pending"
+                        } else {
+                            "in_progress"
+                        },
                         input: &input,
                         cost,
                         description: &description,
                     },
                 )?;
+                if let (Some(key), Mode::Standard) = (&key, mode) {
+                    let accepted = accepted_body(&session.id);
+                    idempotency::finish(
+                        tx,
+                        &user_id,
+                        key,
+                        StatusCode::ACCEPTED.as_u16(),
+                        &accepted,
+                    )?;
+                }
                 Ok::<_, billing::Error>(Opened::Session(Box::new(session)))
             })
             .await
@@ -321,85 +330,64 @@ async fn execute(
         Err(e) => return Err(ApiError::internal(&e)),
     };
 
-    // The provider call, bounded by the quick deadline.
-    let request = ChatRequest {
-        system: tool.system_prompt.clone(),
-        user: render::render(&tool.user_template, &body.input, &tool.input_schema, &[]),
-        quality: Quality::Quick,
-        ..Default::default()
-    };
-    let preferred = tool
-        .recommended_provider
-        .unwrap_or_else(|| llm::router::preferred_for(tool.tab, &tool.id));
-    let deadline = Duration::from_secs(state.config.llm.quick_deadline_secs.max(1));
-    // The rest runs as its own task: a client that hangs up must not stop the session from
-    // being settled (its raits kept for a result, or refunded).
-    let task_state = state.clone();
-    let session_id = session.id.clone();
-    let settle = async move {
-        let state = task_state;
-        let generated =
-            tokio::time::timeout(deadline, state.llm.chat(Some(preferred), &request)).await;
+    if mode == Mode::Standard {
+        let session_id = session.id.clone();
+        run::enqueue(
+            &state,
+            run::Job {
+                session_id: session.id,
+                user_id,
+                tool,
+                input: body.input,
+            },
+        );
+        let location = format!("/api/v1/generation/sessions/{session_id}");
+        return Ok((
+            StatusCode::ACCEPTED,
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/json".to_owned(),
+                ),
+                (axum::http::header::LOCATION, location),
+            ],
+            accepted_body(&session_id),
+        )
+            .into_response());
+    }
 
-        // Transaction 2: the result, or the failure with its refund; and the answer to replay.
-        state
-            .db
-            .write(move |tx| {
-                let (session, status) = match generated {
-                    Ok(Ok((provider, response))) => {
-                        let result = Value::String(response.text);
-                        let outcome = Outcome {
-                            result: &result,
-                            provider: provider.as_str(),
-                            tokens: response.usage.total_tokens as i64,
-                        };
-                        (sessions::complete(tx, &user_id, &session_id, &outcome)?, StatusCode::OK)
-                    }
-                    Ok(Err(unavailable)) => {
-                        let refused = !unavailable.attempts.is_empty()
-                            && unavailable.attempts.iter().all(|a| matches!(a.error, llm::Error::Refused(_)));
-                        let error = SessionError {
-                            code: if refused { "content_refused" } else { "providers_unavailable" }.into(),
-                            message: if refused {
-                                "The providers refused to process this text".into()
-                            } else {
-                                "No AI provider could answer; the raits were refunded".into()
-                            },
-                        };
-                        tracing::warn!(session.id = %session_id, error = %unavailable, "generation failed");
-                        let provider = unavailable.attempts.last().map(|a| a.provider.as_str());
-                        (
-                            sessions::fail(tx, &user_id, &session_id, &error, provider)?,
-                            StatusCode::SERVICE_UNAVAILABLE,
-                        )
-                    }
-                    Err(_) => {
-                        let error = SessionError {
-                            code: "timeout".into(),
-                            message: "The generation took too long; the raits were refunded".into(),
-                        };
-                        (
-                            sessions::fail(tx, &user_id, &session_id, &error, None)?,
-                            StatusCode::SERVICE_UNAVAILABLE,
-                        )
-                    }
-                };
-                let response_body = match status {
-                    StatusCode::OK => serde_json::to_string(&session).unwrap_or_default(),
-                    _ => failure_body(&session),
-                };
-                if let Some(key) = &key {
-                    idempotency::finish(tx, &user_id, key, status.as_u16(), &response_body)?;
-                }
-                Ok::<_, billing::Error>((status, response_body))
-            })
-            .await
-    };
-    match tokio::spawn(settle).await {
-        Ok(Ok((status, body))) => Ok(replay(status.as_u16(), body)),
-        Ok(Err(e)) => Err(ApiError::internal(&e)),
+    // Transaction 2, after the provider call: the result, or the failure with its refund,
+    // and the answer a retry with the same key will get.
+    let key_owner = user_id.clone();
+    let settled = run::quick(&state, &user_id, &tool, &session, move |tx, session| {
+        let (status, body) = if session.status == "completed" {
+            (
+                StatusCode::OK,
+                serde_json::to_string(session).unwrap_or_default(),
+            )
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, failure_body(session))
+        };
+        if let Some(key) = &key {
+            idempotency::finish(tx, &key_owner, key, status.as_u16(), &body)?;
+        }
+        Ok((status, body))
+    })
+    .await;
+    match settled {
+        Ok((_, (status, body))) => Ok(replay(status.as_u16(), body)),
         Err(e) => Err(ApiError::internal(&e)),
     }
+}
+
+/// The `202` answer to a queued standard run (CONTRACT §4).
+fn accepted_body(session_id: &str) -> String {
+    serde_json::json!({
+        "session_id": session_id,
+        "status": "pending",
+        "ws_url": format!("/ws/generation/{session_id}"),
+    })
+    .to_string()
 }
 
 enum Opened {
@@ -414,10 +402,10 @@ fn failure_body(session: &Session) -> String {
         code: "providers_unavailable".into(),
         message: String::new(),
     });
-    let code = if error.code == "timeout" {
-        "timeout"
-    } else {
-        "providers_unavailable"
+    let code = match error.code.as_str() {
+        "timeout" => "timeout",
+        "interrupted" => "interrupted",
+        _ => "providers_unavailable",
     };
     serde_json::json!({
         "detail": error.message,

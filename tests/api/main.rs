@@ -1,13 +1,15 @@
 //! Integration tests: each starts the real server on port 0 with a temporary data directory
-//! and talks HTTP to it (and runs the real binary for the CLI).
+//! and talks HTTP and WebSocket to it (and runs the real binary for the CLI).
 
 mod account;
 mod auth;
 mod catalogue;
 mod cli;
+mod fake_llm;
 mod gigachat;
 mod helpers;
 mod http;
+mod jobs;
 mod openai;
 mod persistence;
 mod proxy;

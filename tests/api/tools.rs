@@ -314,19 +314,6 @@ async fn bad_input_is_422_with_every_failure_and_costs_nothing() {
         "mode_not_supported",
     )
     .await;
-    let body =
-        json!({"input": {"text": "Текст для пересказа другими словами"}, "mode": "standard"});
-    expect_error(
-        app.post_authed(
-            "/api/v1/tools/paraphrase/execute",
-            &user.access_token,
-            &body,
-        )
-        .await,
-        501,
-        "not_implemented",
-    )
-    .await;
     let body = json!({"input": {"prompt": "Кот на крыше", "format": "web"}});
     expect_error(
         app.post_authed(
