@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -180,6 +181,10 @@ pub async fn serve(
         }
     });
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // No Nagle delay: WebSocket events and small responses leave at once.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let serving = async {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(stopping.clone().cancelled_owned())

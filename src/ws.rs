@@ -212,16 +212,24 @@ async fn follow(state: &AppState, mut socket: WebSocket, handle: &Handle) {
             return;
         }
     }
-    let heartbeat = Duration::from_secs(state.config.ws.ws_heartbeat_secs.max(1));
-    let idle = Duration::from_secs(state.config.ws.ws_idle_secs.max(1));
-    let mut pings = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let (mut pings, idle) = timers(state);
     let mut idle_at = Instant::now() + idle;
     let closing = state.sockets.closing.clone();
     loop {
         tokio::select! {
             biased;
-            () = closing.cancelled() => return close(socket, GOING_AWAY, "server shutting down").await,
+            () = closing.cancelled() => {
+                // Jobs settle before sockets close: pass on a final event still queued.
+                while let Ok(frame) = events.try_recv() {
+                    if !send(&mut socket, frame.text).await {
+                        return;
+                    }
+                    if frame.last {
+                        return close(socket, NORMAL, "").await;
+                    }
+                }
+                return close(socket, GOING_AWAY, "server shutting down").await;
+            }
             received = events.recv() => match received {
                 Ok(frame) => {
                     if !send(&mut socket, frame.text).await {
@@ -259,26 +267,47 @@ async fn follow(state: &AppState, mut socket: WebSocket, handle: &Handle) {
                 }
             }
             () = tokio::time::sleep_until(idle_at) => {
-                if handle.is_finished() {
+                if !handle.is_running() {
                     return close(socket, NORMAL, "idle").await;
                 }
-                // The job is still running: an idle watcher stays.
+                // The job is running: an idle watcher stays.
                 idle_at = Instant::now() + idle;
             }
         }
     }
 }
 
-/// Follows a session through its row until it ends (a job outside this process's hub).
+/// The heartbeat ticker (first tick one interval from now) and the idle interval.
+fn timers(state: &AppState) -> (tokio::time::Interval, Duration) {
+    let heartbeat = Duration::from_secs(state.config.ws.ws_heartbeat_secs.max(1));
+    let mut pings = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    (
+        pings,
+        Duration::from_secs(state.config.ws.ws_idle_secs.max(1)),
+    )
+}
+
+/// Follows a session through its row until it ends (a job outside this process's hub, so
+/// not running here: the idle rule applies).
 async fn poll(state: &AppState, mut socket: WebSocket, user_id: &str, session_id: &str) {
     let closing = state.sockets.closing.clone();
     let mut every = tokio::time::interval(POLL_EVERY);
+    let (mut pings, idle) = timers(state);
+    let mut idle_at = Instant::now() + idle;
     loop {
         tokio::select! {
             () = closing.cancelled() => return close(socket, GOING_AWAY, "server shutting down").await,
-            message = socket.recv() => if matches!(message, Some(Ok(Message::Close(_))) | Some(Err(_)) | None) {
-                return;
+            message = socket.recv() => match message {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => idle_at = Instant::now() + idle,
             },
+            _ = pings.tick() => {
+                if !send(&mut socket, Event::Ping.frame()).await {
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(idle_at) => return close(socket, NORMAL, "idle").await,
             _ = every.tick() => {
                 let (owner, id) = (user_id.to_owned(), session_id.to_owned());
                 let row = state.db.read(move |conn| store::by_id(conn, &owner, &id)).await;

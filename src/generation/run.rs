@@ -187,6 +187,7 @@ pub async fn quick<T: Send + 'static>(
     also: impl FnOnce(&rusqlite::Connection, &Session) -> Result<T, billing::Error> + Send + 'static,
 ) -> Result<(Session, T), billing::Error> {
     let watch = state.jobs.hub().register(&session.id, user_id);
+    watch.mark_started();
     let request = ChatRequest {
         system: tool.system_prompt.clone(),
         user: render::render(
@@ -205,25 +206,21 @@ pub async fn quick<T: Send + 'static>(
     let (tx, rx) = tokio::sync::oneshot::channel();
     state.jobs.spawn(async move {
         let state = task_state;
-        let generated = tokio::select! {
-            r = tokio::time::timeout(deadline, state.llm.chat(Some(preferred), &request)) => r,
-            () = state.jobs.interrupted() => {
-                let _ = tx.send(settle(&state, &user_id, &session_id, Ended::interrupted(), also).await
-                    .inspect(|(s, _)| announce(&state, &watch, s))
-                    .inspect_err(|e| announce_unsettled(&state, &watch, e)));
-                return;
+        let ended = tokio::select! {
+            generated = tokio::time::timeout(deadline, state.llm.chat(Some(preferred), &request)) => {
+                match generated {
+                    Ok(Ok((provider, response))) => Ended::Produced(Produced {
+                        text: response.text,
+                        provider,
+                        tokens: response.usage.total_tokens,
+                    }),
+                    Ok(Err(unavailable)) => {
+                        Ended::from_failure(Failure::Unavailable(unavailable), &session_id)
+                    }
+                    Err(_) => Ended::timeout(),
+                }
             }
-        };
-        let ended = match generated {
-            Ok(Ok((provider, response))) => Ended::Produced(Produced {
-                text: response.text,
-                provider,
-                tokens: response.usage.total_tokens,
-            }),
-            Ok(Err(unavailable)) => {
-                Ended::from_failure(Failure::Unavailable(unavailable), &session_id)
-            }
-            Err(_) => Ended::timeout(),
+            () = state.jobs.interrupted() => Ended::interrupted(),
         };
         let settled = settle(&state, &user_id, &session_id, ended, also).await;
         match &settled {
@@ -264,7 +261,7 @@ pub fn enqueue(state: &AppState, job: Job) {
             .write(move |tx| store::start(tx, &user_id, &session_id))
             .await;
         match started {
-            Ok(true) => {}
+            Ok(true) => watch.mark_started(),
             Ok(false) => {
                 // Settled meanwhile (it cannot be: only this task runs it); nothing to do.
                 state.jobs.hub().remove(&job.session_id);

@@ -155,6 +155,8 @@ pub struct Handle {
 struct State {
     sender: broadcast::Sender<Frame>,
     snapshot: Snapshot,
+    /// Taken a slot and started (a queued job has not).
+    started: bool,
     last: Option<Utf8Bytes>,
 }
 
@@ -176,8 +178,14 @@ impl Handle {
         }
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.state().last.is_some()
+    /// Started and not yet ended: its watchers are never closed for idleness.
+    pub fn is_running(&self) -> bool {
+        let state = self.state();
+        state.started && state.last.is_none()
+    }
+
+    pub fn mark_started(&self) {
+        self.state().started = true;
     }
 
     fn publish(&self, event: &Event<'_>, update: impl FnOnce(&mut Snapshot)) {
@@ -262,6 +270,7 @@ impl Hub {
             state: Mutex::new(State {
                 sender: broadcast::channel(BACKLOG).0,
                 snapshot: Snapshot::default(),
+                started: false,
                 last: None,
             }),
         });

@@ -898,3 +898,60 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[tokio::test]
+async fn an_idle_watcher_of_a_queued_job_is_closed_and_can_come_back() {
+    let fake = FakeLlm::start().await;
+    fake.then(Reply::held(vec!["Черновик.".into()]));
+    let (app, user) = app_with(
+        &fake,
+        100,
+        &[
+            ("EASY_WRITER_JOB_CONCURRENCY", "1"),
+            ("EASY_WRITER_WS_HEARTBEAT_SECS", "1"),
+            ("EASY_WRITER_WS_IDLE_SECS", "2"),
+        ],
+    )
+    .await;
+    let running = start(&app, &user).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fake.wait_for_calls(1).await;
+    let queued = start(&app, &user).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut waiting = Watcher::generation(&app, &queued, &user).await;
+    let mut busy = Watcher::generation(&app, &running, &user).await;
+    assert_eq!(waiting.frame().await["event"], "connected");
+    assert_eq!(busy.frame().await["event"], "connected");
+    // Heartbeats are server frames, not activity: the queued job's silent watcher is closed.
+    let opened = std::time::Instant::now();
+    let mut pings = 0;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), waiting.ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == r#"{"event":"ping"}"# => pings += 1,
+            Ok(Some(Ok(Message::Close(Some(frame))))) => break u16::from(frame.code),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, 1000);
+    assert!(pings >= 1, "pings reach queued watchers too");
+    let lived = opened.elapsed();
+    assert!(
+        lived >= Duration::from_millis(1800) && lived < Duration::from_secs(5),
+        "{lived:?}"
+    );
+    // The running job's watcher, just as silent, is still there (after its snapshot).
+    while busy.frame().await != json!({"event": "ping"}) {}
+    fake.release(1);
+    assert_eq!(
+        busy.until_final().await.last().unwrap()["event"],
+        "completed"
+    );
+    let mut back = Watcher::generation(&app, &queued, &user).await;
+    assert_eq!(back.event().await["event"], "connected");
+    let events = back.until_final().await;
+    assert_eq!(events.last().unwrap()["event"], "completed");
+}
