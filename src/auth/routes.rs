@@ -12,7 +12,7 @@ use super::extract::CurrentUser;
 use super::store::{self, REFRESH_TTL_SECS, Rotation};
 use super::{Auth, Error, jwt};
 use crate::app::AppState;
-use crate::billing::{self, ledger};
+use crate::billing::ledger;
 use crate::error::{ApiError, ErrorBody};
 use crate::request::{AppJson, ClientIp};
 use crate::users::{self, UserResponse};
@@ -134,17 +134,7 @@ async fn register(
                 users::store::InsertError::EmailTaken => Error::EmailTaken,
                 users::store::InsertError::Db(e) => Error::Db(e),
             })?;
-            if bonus > 0 {
-                let entry = ledger::Entry {
-                    user_id: &user.id,
-                    kind: billing::Kind::Adjustment,
-                    amount: bonus,
-                    description: Some("Signup bonus"),
-                    payment_id: None,
-                    reference: Some(&user.id),
-                };
-                ledger::record(tx, &entry).map_err(|e| Error::Internal(e.into()))?;
-            }
+            ledger::signup_bonus(tx, &user.id, bonus).map_err(|e| Error::Internal(e.into()))?;
             let issued = store::start_session(tx, &user.id)?;
             Ok::<_, Error>((user.id, issued))
         })
