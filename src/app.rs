@@ -20,6 +20,8 @@ pub struct AppState {
     pub db: Db,
     /// Token keys, password hasher, login throttle.
     pub auth: Arc<Auth>,
+    /// Google and Yandex sign-in: their clients and the attempts in flight.
+    pub oauth: Arc<auth::oauth::OAuth>,
     /// `EASY_WRITER_TRUSTED_PROXIES`, parsed once.
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// The configured AI providers behind retries, fallback and metrics.
@@ -61,8 +63,10 @@ impl AppState {
             llm::router::Settings::from_config(&config),
             Arc::new(llm::metrics::Metrics::default()),
         );
+        let oauth = auth::oauth::OAuth::new(&config, auth::oauth::TIMEOUT)?;
         Ok(AppState {
             tools,
+            oauth: Arc::new(oauth),
             llm: Arc::new(llm),
             auth: Arc::new(Auth::new(&config.auth, &secret)),
             trusted_proxies: config.trusted_proxies().into(),

@@ -1,4 +1,5 @@
-//! `/auth/*`: register, login, refresh, logout, me (CONTRACT §4 "Auth").
+//! `/auth/*`: register, login, refresh, logout, me (CONTRACT §4 "Auth"); the Google and Yandex
+//! routes are in `oauth::routes` and merged here.
 
 use axum::Json;
 use axum::extract::State;
@@ -28,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh))
         .routes(routes!(logout))
         .routes(routes!(me))
+        .merge(super::oauth::routes::router())
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -8,6 +8,7 @@ mod cli;
 mod gigachat;
 mod helpers;
 mod http;
+mod oauth;
 mod openai;
 mod persistence;
 mod proxy;
