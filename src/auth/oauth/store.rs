@@ -88,26 +88,16 @@ fn by_identity(
     provider: Provider,
     provider_id: &str,
 ) -> Result<Option<users::User>, db::Error> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "select {} from users u join user_identities i on i.user_id = u.id
-             where i.provider = ?1 and i.provider_id = ?2",
-            prefixed_columns()
-        ))?
-        .query_row(
-            params![provider.as_str(), provider_id],
-            users::store::from_row,
-        )
-        .optional()?)
-}
-
-/// `users::store::COLUMNS` qualified with the `u.` alias, for joins.
-fn prefixed_columns() -> String {
-    users::store::COLUMNS
-        .split(',')
-        .map(|c| format!("u.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let user_id: Option<String> = conn
+        .prepare_cached(
+            "select user_id from user_identities where provider = ?1 and provider_id = ?2",
+        )?
+        .query_row(params![provider.as_str(), provider_id], |r| r.get(0))
+        .optional()?;
+    match user_id {
+        Some(id) => users::store::by_id(conn, &id),
+        None => Ok(None),
+    }
 }
 
 fn has_identity(conn: &Connection, user_id: &str, provider: Provider) -> Result<bool, db::Error> {
