@@ -20,6 +20,8 @@ pub struct AppState {
     pub db: Db,
     /// Token keys, password hasher, login throttle.
     pub auth: Arc<Auth>,
+    /// Google and Yandex sign-in: their clients and the attempts in flight.
+    pub oauth: Arc<auth::oauth::OAuth>,
     /// `EASY_WRITER_TRUSTED_PROXIES`, parsed once.
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// The configured AI providers behind retries, fallback and metrics.
@@ -65,12 +67,14 @@ impl AppState {
             llm::router::Settings::from_config(&config),
             Arc::new(llm::metrics::Metrics::default()),
         );
+        let oauth = auth::oauth::OAuth::new(&config, auth::oauth::TIMEOUT)?;
         let runner = jobs::Runner::new(
             config.jobs.job_concurrency as usize,
             std::time::Duration::from_secs(config.jobs.shutdown_grace_secs),
         );
         Ok(AppState {
             tools,
+            oauth: Arc::new(oauth),
             jobs: runner,
             sockets: ws::Sockets::default(),
             llm: Arc::new(llm),

@@ -510,8 +510,8 @@ pub struct Upscale {
     pub api_url: Option<String>,
 }
 
-/// Google and Yandex sign-in share one shape; their default URLs are filled in by
-/// [`Config::oauth_defaults`].
+/// Google and Yandex sign-in share one shape; unset URLs mean the provider's own endpoints,
+/// which `auth::oauth::google` and `auth::oauth::yandex` name.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OAuthClient {
@@ -745,6 +745,22 @@ impl Config {
         }
         if self.payments.raits_per_rub <= 0 {
             return Err(invalid("payments", "raits_per_rub", "must be positive"));
+        }
+        for (section, client) in [("google", &self.google), ("yandex", &self.yandex)] {
+            let urls = [
+                ("redirect_uri", &client.redirect_uri),
+                ("auth_url", &client.auth_url),
+                ("token_url", &client.token_url),
+                ("userinfo_url", &client.userinfo_url),
+            ];
+            for (key, url) in urls {
+                if let Some(url) = url
+                    && !reqwest::Url::parse(url)
+                        .is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+                {
+                    return Err(invalid(section, key, "must be an http(s) URL"));
+                }
+            }
         }
         for name in &self.llm.provider_order {
             if !matches!(name.as_str(), "gigachat" | "yandexgpt" | "openai") {
@@ -1052,6 +1068,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("cookie_samesite"), "{err}");
+        let err = Config::load(
+            &Flags::default(),
+            &env(&[("YANDEX_TOKEN_URL", "oauth.yandex.ru/token")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("[yandex] token_url"), "{err}");
     }
 
     #[test]

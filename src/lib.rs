@@ -3,7 +3,8 @@
 
 /// Shared dependencies (`AppState`) and how they are wired.
 pub mod app;
-/// Accounts, tokens, sessions and the extractors that authenticate requests.
+/// Accounts, Google and Yandex sign-in, tokens, sessions and the extractors that authenticate
+/// requests.
 pub mod auth;
 /// Raits: the ledger and balances.
 pub mod billing;

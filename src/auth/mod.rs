@@ -1,5 +1,5 @@
-//! Accounts and sign-in: passwords, access tokens, refresh token families, login throttling,
-//! and the extractors that authenticate requests.
+//! Accounts and sign-in: passwords, Google and Yandex sign-in (`oauth`), access tokens, refresh
+//! token families, login throttling, and the extractors that authenticate requests.
 //!
 //! Access tokens are short-lived JWTs; refresh tokens are opaque, stored hashed, rotated on
 //! every use, and grouped in families (`auth_sessions`) so that reuse of a stolen token revokes
@@ -7,6 +7,7 @@
 
 pub mod extract;
 pub mod jwt;
+pub mod oauth;
 pub mod password;
 pub mod routes;
 pub mod store;

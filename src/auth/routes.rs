@@ -1,4 +1,5 @@
-//! `/auth/*`: register, login, refresh, logout, me (CONTRACT §4 "Auth").
+//! `/auth/*`: register, login, refresh, logout, me (CONTRACT §4 "Auth"); the Google and Yandex
+//! routes are in `oauth::routes` and merged here.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,7 +13,7 @@ use super::extract::CurrentUser;
 use super::store::{self, REFRESH_TTL_SECS, Rotation};
 use super::{Auth, Error, jwt};
 use crate::app::AppState;
-use crate::billing::{self, ledger};
+use crate::billing::ledger;
 use crate::error::{ApiError, ErrorBody};
 use crate::request::{AppJson, ClientIp};
 use crate::users::{self, UserResponse};
@@ -28,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh))
         .routes(routes!(logout))
         .routes(routes!(me))
+        .merge(super::oauth::routes::router())
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -57,36 +59,53 @@ pub struct TokenResponse {
     pub expires_in: i64,
 }
 
-/// The response of every successful sign-in: an access token, and the refresh token in the
-/// cookie jar.
+/// The response of every successful password sign-in: an access token, and the refresh token
+/// in the cookie jar.
 type SignedIn = (CookieJar, Json<TokenResponse>);
 
-fn signed_in(auth: &Auth, user_id: &str, issued: store::Issued) -> SignedIn {
+/// What every sign-in hands out, whichever way the user proved who they are: an access token
+/// for the new session (`sid`) and a jar setting the refresh cookie. Password sign-ins answer
+/// it as JSON; OAuth puts the access token in the redirect to the frontend.
+pub fn issue_tokens(
+    auth: &Auth,
+    user_id: &str,
+    issued: store::Issued,
+) -> (CookieJar, TokenResponse) {
     let access_token = auth.keys.issue(user_id, &issued.session_id);
-    let cookie = Cookie::build((REFRESH_COOKIE, issued.refresh_token))
-        .http_only(true)
-        .secure(auth.cookie.secure)
-        .same_site(auth.cookie.same_site)
-        .path(COOKIE_PATH)
-        .max_age(time::Duration::seconds(REFRESH_TTL_SECS));
+    let cookie = refresh_cookie(
+        auth,
+        issued.refresh_token,
+        time::Duration::seconds(REFRESH_TTL_SECS),
+    );
     (
         CookieJar::new().add(cookie),
-        Json(TokenResponse {
+        TokenResponse {
             access_token,
             token_type: "bearer",
             expires_in: jwt::ACCESS_TTL_SECS,
-        }),
+        },
     )
 }
 
-fn cleared_cookie(auth: &Auth) -> CookieJar {
-    let cookie = Cookie::build((REFRESH_COOKIE, ""))
+fn signed_in(auth: &Auth, user_id: &str, issued: store::Issued) -> SignedIn {
+    let (jar, token) = issue_tokens(auth, user_id, issued);
+    (jar, Json(token))
+}
+
+/// The `refresh_token` cookie with the contract's attributes; the one place they are set, so
+/// the cookie that logout clears is the cookie sign-in set.
+fn refresh_cookie(auth: &Auth, value: String, max_age: time::Duration) -> Cookie<'static> {
+    Cookie::build((REFRESH_COOKIE, value))
         .http_only(true)
         .secure(auth.cookie.secure)
         .same_site(auth.cookie.same_site)
         .path(COOKIE_PATH)
-        .max_age(time::Duration::ZERO);
-    CookieJar::new().add(cookie)
+        .max_age(max_age)
+        .build()
+}
+
+fn cleared_cookie(auth: &Auth) -> CookieJar {
+    CookieJar::new().add(refresh_cookie(auth, String::new(), time::Duration::ZERO))
 }
 
 /// Creates a local account and signs it in.
@@ -134,17 +153,7 @@ async fn register(
                 users::store::InsertError::EmailTaken => Error::EmailTaken,
                 users::store::InsertError::Db(e) => Error::Db(e),
             })?;
-            if bonus > 0 {
-                let entry = ledger::Entry {
-                    user_id: &user.id,
-                    kind: billing::Kind::Adjustment,
-                    amount: bonus,
-                    description: Some("Signup bonus"),
-                    payment_id: None,
-                    reference: Some(&user.id),
-                };
-                ledger::record(tx, &entry).map_err(|e| Error::Internal(e.into()))?;
-            }
+            ledger::signup_bonus(tx, &user.id, bonus).map_err(|e| Error::Internal(e.into()))?;
             let issued = store::start_session(tx, &user.id)?;
             Ok::<_, Error>((user.id, issued))
         })

@@ -80,6 +80,23 @@ pub fn record(tx: &Connection, entry: &Entry<'_>) -> Result<i64, Error> {
     Ok(balance_after)
 }
 
+/// Credits `EASY_WRITER_SIGNUP_BONUS` to a user created in the same transaction: an
+/// `adjustment` whose reference is the user id, so it can be paid only once. Zero credits nothing.
+pub fn signup_bonus(tx: &Connection, user_id: &str, amount: i64) -> Result<(), Error> {
+    if amount <= 0 {
+        return Ok(());
+    }
+    let entry = Entry {
+        user_id,
+        kind: Kind::Adjustment,
+        amount,
+        description: Some("Signup bonus"),
+        payment_id: None,
+        reference: Some(user_id),
+    };
+    record(tx, &entry).map(|_| ())
+}
+
 /// The sum of a user's ledger rows; equal to their balance (checked by tests and `user list`).
 pub fn sum(conn: &Connection, user_id: &str) -> Result<i64, Error> {
     Ok(conn.query_row(

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_generation",
         sql: include_str!("../../migrations/0002_generation.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_identities",
+        sql: include_str!("../../migrations/0003_identities.sql"),
+    },
 ];
 
 /// A migration with whether it has been applied, for `migrate --status`.

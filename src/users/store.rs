@@ -52,21 +52,61 @@ impl From<rusqlite::Error> for InsertError {
     }
 }
 
+/// A user created by signing in at Google or Yandex: no password, and verified when the
+/// provider vouches for the email.
+pub struct NewProviderUser<'a> {
+    pub email: &'a str,
+    pub name: Option<&'a str>,
+    /// `google` or `yandex`.
+    pub provider: &'a str,
+    pub provider_id: &'a str,
+    pub is_verified: bool,
+}
+
 /// Inserts a local user; the unique email index decides races between concurrent sign-ups.
 pub fn insert(tx: &Connection, new: &NewUser<'_>) -> Result<User, InsertError> {
-    let now = timestamp::now();
     let id = uuid::Uuid::now_v7().to_string();
     let result = tx.execute(
         "insert into users (id, email, hashed_password, name, provider, is_admin, created_at, updated_at)
          values (?1, ?2, ?3, ?4, 'local', ?5, ?6, ?6)",
-        params![id, new.email, new.hashed_password, new.name, new.is_admin, now],
+        params![id, new.email, new.hashed_password, new.name, new.is_admin, timestamp::now()],
     );
+    inserted(tx, &id, result)
+}
+
+/// Inserts a user created by an OAuth provider; like [`insert`], a taken email is refused.
+pub fn insert_from_provider(
+    tx: &Connection,
+    new: &NewProviderUser<'_>,
+) -> Result<User, InsertError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let result = tx.execute(
+        "insert into users (id, email, name, provider, provider_id, is_verified, created_at, updated_at)
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        params![
+            id,
+            new.email,
+            new.name,
+            new.provider,
+            new.provider_id,
+            new.is_verified,
+            timestamp::now()
+        ],
+    );
+    inserted(tx, &id, result)
+}
+
+fn inserted(
+    tx: &Connection,
+    id: &str,
+    result: rusqlite::Result<usize>,
+) -> Result<User, InsertError> {
     match result.map_err(db::Error::from) {
         Ok(_) => {}
         Err(e) if e.is_unique_violation() => return Err(InsertError::EmailTaken),
         Err(e) => return Err(e.into()),
     }
-    Ok(by_id(tx, &id)?.expect("the row was just inserted"))
+    Ok(by_id(tx, id)?.expect("the row was just inserted"))
 }
 
 pub fn by_id(conn: &Connection, id: &str) -> Result<Option<User>, db::Error> {
@@ -117,6 +157,15 @@ pub fn set_password(tx: &Connection, id: &str, hashed_password: &str) -> Result<
     tx.execute(
         "update users set hashed_password = ?2, updated_at = ?3 where id = ?1",
         params![id, hashed_password, timestamp::now()],
+    )?;
+    Ok(())
+}
+
+/// Marks the email as verified by a provider.
+pub fn set_verified(tx: &Connection, id: &str) -> Result<(), db::Error> {
+    tx.execute(
+        "update users set is_verified = 1, updated_at = ?2 where id = ?1 and is_verified = 0",
+        params![id, timestamp::now()],
     )?;
     Ok(())
 }

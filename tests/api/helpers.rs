@@ -35,7 +35,11 @@ pub struct Builder {
     env: HashMap<String, String>,
     upstreams: Vec<String>,
     data_dir: Option<Arc<tempfile::TempDir>>,
+    adjust: Option<Adjust>,
 }
+
+/// A change to the wired state, made before the server starts.
+type Adjust = Box<dyn FnOnce(&mut AppState)>;
 
 pub fn builder() -> Builder {
     Builder::default()
@@ -56,6 +60,13 @@ impl Builder {
     /// Starts a fake upstream HTTP server on loopback and points `url_env` at it.
     pub fn upstream(mut self, url_env: &str) -> Self {
         self.upstreams.push(url_env.to_owned());
+        self
+    }
+
+    /// Changes the wired state before the server starts, for what configuration does not
+    /// reach (e.g. a provider timeout short enough for a test).
+    pub fn adjust(mut self, f: impl FnOnce(&mut AppState) + 'static) -> Self {
+        self.adjust = Some(Box::new(f));
         self
     }
 
@@ -98,7 +109,10 @@ impl Builder {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
-        let state = AppState::new(config).expect("app state");
+        let mut state = AppState::new(config).expect("app state");
+        if let Some(adjust) = self.adjust {
+            adjust(&mut state);
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(easy_writer::server::serve(listener, state.clone(), async {
             let _ = rx.await;

@@ -10,6 +10,7 @@ mod gigachat;
 mod helpers;
 mod http;
 mod jobs;
+mod oauth;
 mod openai;
 mod persistence;
 mod proxy;
