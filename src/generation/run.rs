@@ -2,8 +2,9 @@
 //! run as a queued job, and start-up recovery of whatever a crash left behind.
 //!
 //! Every run was debited when its session was opened; here it ends `completed`, or `failed`
-//! with its refund in the same transaction. Both kinds run as runner tasks, so a client that
-//! hangs up cannot leave a charged session in progress and shutdown waits for them.
+//! with its refund in the same transaction. Both kinds run as runner tasks from before the
+//! debit, so a client that hangs up cannot leave a charged session in progress, and shutdown
+//! waits for them.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -178,7 +179,8 @@ fn announce_unsettled(state: &AppState, watch: &Handle, error: &dyn std::fmt::Di
 
 /// Runs a quick generation for `user_id`'s open (`in_progress`, paid) session under the quick
 /// deadline and settles it; `also` runs in the settling transaction and its value is
-/// returned with the session.
+/// returned with the session. Call it from a runner task (see `tools::routes::execute`), so
+/// that neither a client hanging up nor shutdown can stop it between debit and settlement.
 pub async fn quick<T: Send + 'static>(
     state: &AppState,
     user_id: &str,
@@ -201,39 +203,28 @@ pub async fn quick<T: Send + 'static>(
     };
     let preferred = tool.preferred_provider();
     let deadline = Duration::from_secs(state.config.llm.quick_deadline_secs.max(1));
-    let (task_state, session_id, user_id) =
-        (state.clone(), session.id.clone(), watch.user_id.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    state.jobs.spawn(async move {
-        let state = task_state;
-        let ended = tokio::select! {
-            generated = tokio::time::timeout(deadline, state.llm.chat(Some(preferred), &request)) => {
-                match generated {
-                    Ok(Ok((provider, response))) => Ended::Produced(Produced {
-                        text: response.text,
-                        provider,
-                        tokens: response.usage.total_tokens,
-                    }),
-                    Ok(Err(unavailable)) => {
-                        Ended::from_failure(Failure::Unavailable(unavailable), &session_id)
-                    }
-                    Err(_) => Ended::timeout(),
+    let ended = tokio::select! {
+        generated = tokio::time::timeout(deadline, state.llm.chat(Some(preferred), &request)) => {
+            match generated {
+                Ok(Ok((provider, response))) => Ended::Produced(Produced {
+                    text: response.text,
+                    provider,
+                    tokens: response.usage.total_tokens,
+                }),
+                Ok(Err(unavailable)) => {
+                    Ended::from_failure(Failure::Unavailable(unavailable), &session.id)
                 }
+                Err(_) => Ended::timeout(),
             }
-            () = state.jobs.interrupted() => Ended::interrupted(),
-        };
-        let settled = settle(&state, &user_id, &session_id, ended, also).await;
-        match &settled {
-            Ok((session, _)) => announce(&state, &watch, session),
-            Err(e) => announce_unsettled(&state, &watch, e),
         }
-        let _ = tx.send(settled);
-    });
-    rx.await.unwrap_or_else(|_| {
-        Err(billing::Error::Db(crate::db::Error::Task(
-            "the generation task ended without settling".into(),
-        )))
-    })
+        () = state.jobs.interrupted() => Ended::interrupted(),
+    };
+    let settled = settle(state, user_id, &session.id, ended, also).await;
+    match &settled {
+        Ok((session, _)) => announce(state, &watch, session),
+        Err(e) => announce_unsettled(state, &watch, e),
+    }
+    settled
 }
 
 /// A standard run waiting for its turn.

@@ -153,7 +153,8 @@ pub struct Handle {
 }
 
 struct State {
-    sender: broadcast::Sender<Frame>,
+    /// Made when the first watcher subscribes: most quick runs never have one.
+    sender: Option<broadcast::Sender<Frame>>,
     snapshot: Snapshot,
     /// Taken a slot and started (a queued job has not).
     started: bool,
@@ -168,13 +169,17 @@ impl Handle {
     }
 
     pub fn subscribe(&self) -> Subscription {
-        let state = self.state();
-        match &state.last {
-            Some(last) => Subscription::Finished(last.clone()),
-            None => Subscription::Live {
-                snapshot: state.snapshot.frames(),
-                events: state.sender.subscribe(),
-            },
+        let mut state = self.state();
+        if let Some(last) = &state.last {
+            return Subscription::Finished(last.clone());
+        }
+        let events = state
+            .sender
+            .get_or_insert_with(|| broadcast::channel(BACKLOG).0)
+            .subscribe();
+        Subscription::Live {
+            snapshot: state.snapshot.frames(),
+            events,
         }
     }
 
@@ -194,11 +199,13 @@ impl Handle {
             return;
         }
         update(&mut state.snapshot);
-        // No receivers is not an error: nobody is watching.
-        let _ = state.sender.send(Frame {
-            text: event.frame(),
-            last: false,
-        });
+        if let Some(sender) = &state.sender {
+            // No receivers is not an error: nobody is watching.
+            let _ = sender.send(Frame {
+                text: event.frame(),
+                last: false,
+            });
+        }
     }
 
     pub fn step_started(&self, step: usize, step_name: &str) {
@@ -247,7 +254,9 @@ impl Handle {
         }
         let text = event.frame();
         state.last = Some(text.clone());
-        let _ = state.sender.send(Frame { text, last: true });
+        if let Some(sender) = &state.sender {
+            let _ = sender.send(Frame { text, last: true });
+        }
     }
 }
 
@@ -268,7 +277,7 @@ impl Hub {
             id: id.to_owned(),
             user_id: user_id.to_owned(),
             state: Mutex::new(State {
-                sender: broadcast::channel(BACKLOG).0,
+                sender: None,
                 snapshot: Snapshot::default(),
                 started: false,
                 last: None,

@@ -6,6 +6,7 @@
 //! answered `202` at once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -140,7 +141,7 @@ async fn get_tab_tools(
     tab_response(&state, &id).map(Json)
 }
 
-fn find_tool(state: &AppState, id: &str) -> Result<std::sync::Arc<Tool>, ApiError> {
+fn find_tool(state: &AppState, id: &str) -> Result<Arc<Tool>, ApiError> {
     state
         .tools
         .get()
@@ -254,10 +255,31 @@ async fn execute(
     let key = idempotency_key(&headers)?;
     let user_id = current.user.id.clone();
 
+    // From the debit to the settlement the run is a runner task: a client that hangs up
+    // cannot stop it half-way, and shutdown waits for it.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task_state = state.clone();
+    state.jobs.spawn(async move {
+        let _ = tx.send(paid_run(task_state, tool, mode, cost, key, user_id, body.input).await);
+    });
+    rx.await
+        .unwrap_or_else(|_| Err(ApiError::internal(&"the execution task ended unexpectedly")))
+}
+
+/// Debits and opens the session, then runs it quick or queues it standard.
+async fn paid_run(
+    state: AppState,
+    tool: Arc<Tool>,
+    mode: Mode,
+    cost: i64,
+    key: Option<String>,
+    user_id: String,
+    input: Value,
+) -> Result<Response, ApiError> {
     // Transaction 1: the idempotency claim, the session and its debit (and, for a queued
     // job, the answer a retry will get).
     let opened = {
-        let (user_id, tool_id, input) = (user_id.clone(), tool.id.clone(), body.input.clone());
+        let (user_id, tool_id, input) = (user_id.clone(), tool.id.clone(), input.clone());
         let description = format!("Генерация: {}", tool.name);
         let key = key.clone();
         state
@@ -338,7 +360,7 @@ async fn execute(
                 session_id: session.id,
                 user_id,
                 tool,
-                input: body.input,
+                input,
             },
         );
         let location = format!("/api/v1/generation/sessions/{session_id}");

@@ -54,6 +54,28 @@ async fn start(app: &TestApp, user: &Session) -> Value {
     body
 }
 
+/// One job slot: a first run held at the provider (ids returned in this order), a second
+/// queued behind it.
+async fn one_running_one_queued(
+    env: &[(&str, &str)],
+) -> (FakeLlm, TestApp, Session, String, String) {
+    let fake = FakeLlm::start().await;
+    fake.then(Reply::held(vec!["Черновик.".into()]));
+    let mut env = env.to_vec();
+    env.push(("EASY_WRITER_JOB_CONCURRENCY", "1"));
+    let (app, user) = app_with(&fake, 100, &env).await;
+    let running = start(&app, &user).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fake.wait_for_calls(1).await;
+    let queued = start(&app, &user).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (fake, app, user, running, queued)
+}
+
 async fn session(app: &TestApp, user: &Session, id: &str) -> Value {
     app.get_authed(
         &format!("/api/v1/generation/sessions/{id}"),
@@ -628,26 +650,8 @@ async fn an_idempotency_key_queues_one_job_and_replays_its_202() {
 #[tokio::test]
 async fn shutdown_interrupts_running_jobs_after_the_grace_and_keeps_queued_ones_for_the_next_start()
 {
-    let fake = FakeLlm::start().await;
-    fake.then(Reply::held(vec!["никогда".into()]));
-    let (app, user) = app_with(
-        &fake,
-        100,
-        &[
-            ("EASY_WRITER_JOB_CONCURRENCY", "1"),
-            ("EASY_WRITER_SHUTDOWN_GRACE_SECS", "1"),
-        ],
-    )
-    .await;
-    let running = start(&app, &user).await["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    fake.wait_for_calls(1).await;
-    let queued = start(&app, &user).await["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (fake, app, user, running, queued) =
+        one_running_one_queued(&[("EASY_WRITER_SHUTDOWN_GRACE_SECS", "1")]).await;
     let mut ws = Watcher::generation(&app, &running, &user).await;
     assert_eq!(ws.event().await["event"], "connected");
     assert_eq!(session(&app, &user, &queued).await["status"], "pending");
@@ -901,27 +905,11 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn an_idle_watcher_of_a_queued_job_is_closed_and_can_come_back() {
-    let fake = FakeLlm::start().await;
-    fake.then(Reply::held(vec!["Черновик.".into()]));
-    let (app, user) = app_with(
-        &fake,
-        100,
-        &[
-            ("EASY_WRITER_JOB_CONCURRENCY", "1"),
-            ("EASY_WRITER_WS_HEARTBEAT_SECS", "1"),
-            ("EASY_WRITER_WS_IDLE_SECS", "2"),
-        ],
-    )
+    let (fake, app, user, running, queued) = one_running_one_queued(&[
+        ("EASY_WRITER_WS_HEARTBEAT_SECS", "1"),
+        ("EASY_WRITER_WS_IDLE_SECS", "2"),
+    ])
     .await;
-    let running = start(&app, &user).await["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    fake.wait_for_calls(1).await;
-    let queued = start(&app, &user).await["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let mut waiting = Watcher::generation(&app, &queued, &user).await;
     let mut busy = Watcher::generation(&app, &running, &user).await;
     assert_eq!(waiting.frame().await["event"], "connected");
