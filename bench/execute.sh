@@ -35,7 +35,8 @@ wrk -t1 -c1 -d"${SECS}s" --latency -s bench/execute.lua "$BASE" | grep -E 'Reque
 echo "== execute, 64 connections, ${SECS}s"
 wrk -t2 -c64 -d"${SECS}s" --latency -s bench/execute.lua "$BASE" | grep -E 'Requests/sec|Non-2xx|Socket errors|50%|90%|99%'
 
-echo "== ledger check"
+echo "== ledger check (after a second for requests cut off by wrk's stop to settle)"
+sleep 1
 python3 - "$DIR/easy-writer.db" <<'PY'
 import sqlite3, sys
 c = sqlite3.connect(sys.argv[1])
