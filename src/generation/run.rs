@@ -301,7 +301,11 @@ pub async fn recover(state: &AppState) -> anyhow::Result<()> {
     let mut requeued = 0;
     for session in queued {
         match catalogue.tool(&session.tool_id) {
-            Some(tool) if session.mode == Mode::Standard.as_str() && !tool.is_image_tool() => {
+            Some(tool)
+                if session.mode == Mode::Standard.as_str()
+                    && tool.supports_modes.contains(&Mode::Standard)
+                    && !tool.is_image_tool() =>
+            {
                 enqueue(
                     state,
                     Job {
@@ -325,7 +329,7 @@ pub async fn recover(state: &AppState) -> anyhow::Result<()> {
                             &SessionError {
                                 code: "interrupted".into(),
                                 message:
-                                    "This tool is no longer available; the raits were refunded"
+                                    "This tool no longer offers this mode; the raits were refunded"
                                         .into(),
                             },
                             None,

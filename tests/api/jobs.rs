@@ -943,3 +943,47 @@ async fn an_idle_watcher_of_a_queued_job_is_closed_and_can_come_back() {
     let events = back.until_final().await;
     assert_eq!(events.last().unwrap()["event"], "completed");
 }
+
+#[tokio::test]
+async fn a_queued_job_whose_tool_lost_standard_mode_across_a_restart_is_refunded() {
+    let (fake, app, user, running, queued) =
+        one_running_one_queued(&[("EASY_WRITER_SHUTDOWN_GRACE_SECS", "0")]).await;
+    let data_dir = app.stop().await;
+
+    // The operator's prompts now offer paraphrase in quick mode only.
+    let prompts = tempfile::tempdir().unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
+    for entry in walk(&source) {
+        let target = prompts.path().join(entry.strip_prefix(&source).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &target).unwrap();
+    }
+    let file = prompts.path().join("everyday/paraphrase.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let quick_only = text[..text.find("\nsteps:").unwrap()]
+        .replace(
+            "supports_modes: [quick, standard]",
+            "supports_modes: [quick]",
+        )
+        .replace("costs: {quick: 5, standard: 15}", "costs: {quick: 5}");
+    std::fs::write(&file, format!("{quick_only}\n")).unwrap();
+
+    let app = builder()
+        .data_dir(data_dir)
+        .env("OPENAI_BASE_URL", &fake.url)
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("EASY_WRITER_PROMPTS_DIR", prompts.path().display())
+        .spawn()
+        .await;
+    for id in [&running, &queued] {
+        let s = session(&app, &user, id).await;
+        assert_eq!(s["status"], "failed", "{s}");
+        assert_eq!(s["error"]["code"], "interrupted");
+    }
+    assert_eq!(app.balance_and_ledger_sum(&user.user_id), (100, 100));
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "nothing more was sent to the provider"
+    );
+}
