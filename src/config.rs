@@ -53,6 +53,7 @@ settings! {
     "FRONTEND_URL" => "server"."frontend_url": Str,
     "EASY_WRITER_PROMPTS_DIR" => "server"."prompts_dir": Str,
     "EASY_WRITER_LOG_FORMAT" => "server"."log_format": Str,
+    "EASY_WRITER_HEADER_TIMEOUT_SECS" => "server"."header_timeout_secs": Int,
     "JWT_SECRET" => "auth"."jwt_secret": Str,
     "EASY_WRITER_COOKIE_SECURE" => "auth"."cookie_secure": Bool,
     "EASY_WRITER_COOKIE_SAMESITE" => "auth"."cookie_samesite": Str,
@@ -60,6 +61,9 @@ settings! {
     "EASY_WRITER_SIGNUP_BONUS" => "auth"."signup_bonus": Int,
     "EASY_WRITER_LOGIN_MAX_FAILURES" => "auth"."login_max_failures": Int,
     "EASY_WRITER_LOGIN_MAX_FAILURES_PER_IP" => "auth"."login_max_failures_per_ip": Int,
+    "EASY_WRITER_REGISTER_MAX_PER_IP" => "auth"."register_max_per_ip": Int,
+    "SMTP_URL" => "smtp"."url": Str,
+    "EASY_WRITER_MAIL_FROM" => "smtp"."mail_from": Str,
     "EASY_WRITER_PROVIDER_ORDER" => "llm"."provider_order": List,
     "EASY_WRITER_RETRY_BASE_MS" => "llm"."retry_base_ms": Int,
     "EASY_WRITER_PROVIDER_TIMEOUT_SECS" => "llm"."provider_timeout_secs": Int,
@@ -216,6 +220,7 @@ impl<'de> Deserialize<'de> for Secret {
 pub struct Config {
     pub server: Server,
     pub auth: Auth,
+    pub smtp: Smtp,
     pub llm: Llm,
     pub jobs: Jobs,
     pub ws: Ws,
@@ -251,6 +256,8 @@ pub struct Server {
     #[serde(deserialize_with = "empty_as_none")]
     pub prompts_dir: Option<PathBuf>,
     pub log_format: String,
+    /// Seconds a connection may take to send a whole request head.
+    pub header_timeout_secs: u64,
 }
 
 impl Default for Server {
@@ -264,6 +271,7 @@ impl Default for Server {
             frontend_url: "http://localhost:3000".into(),
             prompts_dir: None,
             log_format: "text".into(),
+            header_timeout_secs: 30,
         }
     }
 }
@@ -302,6 +310,7 @@ pub struct Auth {
     pub signup_bonus: i64,
     pub login_max_failures: u32,
     pub login_max_failures_per_ip: u32,
+    pub register_max_per_ip: u32,
 }
 
 impl Default for Auth {
@@ -314,8 +323,22 @@ impl Default for Auth {
             signup_bonus: 0,
             login_max_failures: 5,
             login_max_failures_per_ip: 50,
+            register_max_per_ip: 20,
         }
     }
+}
+
+/// Outgoing mail (verification and password-reset letters).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// `smtp://user:pass@host:587` (STARTTLS), `smtps://…:465`, or `smtp://host:25?tls=none`
+    /// for a local relay. Unset: no mail. A secret, since it carries the password.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub url: Option<Secret>,
+    /// Unset: `Easy Writer <noreply@<public host>>`.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub mail_from: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -739,6 +762,12 @@ impl Config {
         }
         if self.auth.signup_bonus < 0 {
             return Err(invalid("auth", "signup_bonus", "must not be negative"));
+        }
+        if self.auth.register_max_per_ip == 0 {
+            return Err(invalid("auth", "register_max_per_ip", "must be at least 1"));
+        }
+        if self.server.header_timeout_secs == 0 {
+            return Err(invalid("server", "header_timeout_secs", "must be at least 1"));
         }
         if self.auth.login_max_failures == 0 || self.auth.login_max_failures_per_ip == 0 {
             return Err(invalid("auth", "login_max_failures", "must be at least 1"));
