@@ -171,6 +171,21 @@ pub fn revoke_other_sessions(
     )?)
 }
 
+/// Revokes every session of `user_id` (a password reset, an account taken over by the owner of
+/// its email): every refresh token and access token of the user stops working at once.
+pub fn revoke_all_sessions(
+    tx: &Connection,
+    user_id: &str,
+    reason: &str,
+) -> Result<usize, db::Error> {
+    Ok(tx
+        .prepare_cached(
+            "update auth_sessions set revoked_at = ?2, revoked_reason = ?3, updated_at = ?2
+             where user_id = ?1 and revoked_at is null",
+        )?
+        .execute(params![user_id, timestamp::now(), reason])?)
+}
+
 /// The user behind an access token, with whether its session is still live: one indexed read
 /// per authenticated request, so a logout or deactivation takes effect at once.
 pub fn user_for_access(

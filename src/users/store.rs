@@ -161,7 +161,17 @@ pub fn set_password(tx: &Connection, id: &str, hashed_password: &str) -> Result<
     Ok(())
 }
 
-/// Marks the email as verified by a provider.
+/// Removes the password: the account then signs in only through a provider, or after a
+/// password reset.
+pub fn remove_password(tx: &Connection, id: &str) -> Result<(), db::Error> {
+    tx.execute(
+        "update users set hashed_password = null, updated_at = ?2 where id = ?1",
+        params![id, timestamp::now()],
+    )?;
+    Ok(())
+}
+
+/// Marks the email as verified (by a provider, a letter or the operator).
 pub fn set_verified(tx: &Connection, id: &str) -> Result<(), db::Error> {
     tx.execute(
         "update users set is_verified = 1, updated_at = ?2 where id = ?1 and is_verified = 0",

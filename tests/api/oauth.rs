@@ -625,10 +625,17 @@ async fn signing_in_again_finds_the_same_user_even_after_an_email_change() {
 }
 
 #[tokio::test]
-async fn a_verified_email_links_to_the_existing_password_account() {
+async fn a_verified_email_links_to_the_existing_verified_password_account() {
     let (app, fakes) = spawn().await;
     let address = email("link");
     let local = app.register(&address).await;
+    // Its owner proved the address (a letter, the operator): the account keeps its password.
+    let id = local.user_id.clone();
+    app.state
+        .db
+        .write(move |tx| easy_writer::users::store::set_verified(tx, &id))
+        .await
+        .unwrap();
     // Google reports the address in another case; emails match regardless of case.
     person(
         &fakes,
@@ -655,7 +662,82 @@ async fn a_verified_email_links_to_the_existing_password_account() {
     );
     assert_eq!(identities(&app, &local.user_id).len(), 1);
     assert_eq!(app.login(&address, PASSWORD).await.status(), 200);
+    assert_eq!(
+        app.post_with_cookie("/api/v1/auth/refresh", Some(&local.refresh_cookie))
+            .await
+            .status(),
+        200,
+        "its sessions stay live"
+    );
     assert_eq!(count(&app, "select count(*) from users"), 1);
+}
+
+/// Someone registers the victim's address with a password of their own and keeps a session;
+/// the victim later signs in with Google, which verified the address. The account becomes the
+/// victim's alone: the planted password and every earlier session stop working.
+#[tokio::test]
+async fn the_verified_owner_of_an_email_takes_over_an_unverified_account() {
+    let (app, fakes) = spawn().await;
+    let address = email("victim");
+    let attacker = app.register(&address).await;
+    person(&fakes, Google, "c", google_profile("4242", &address, true)).await;
+
+    let victim = sign_in(&app, Google, "c").await;
+    assert_eq!(victim.user_id, attacker.user_id, "the same account");
+
+    expect_error(
+        app.login(&address, PASSWORD).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    expect_error(
+        app.post_with_cookie("/api/v1/auth/refresh", Some(&attacker.refresh_cookie))
+            .await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    expect_error(
+        app.get_authed("/api/v1/auth/me", &attacker.access_token)
+            .await,
+        401,
+        "invalid_token",
+    )
+    .await;
+
+    let profile: Value = app
+        .get_authed("/api/v1/user/profile", &victim.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(profile["is_verified"], true);
+    assert_eq!(profile["provider"], "local");
+    assert_eq!(
+        app.post_with_cookie("/api/v1/auth/refresh", Some(&victim.refresh_cookie))
+            .await
+            .status(),
+        200,
+        "the new owner's session works"
+    );
+    let password: Option<String> = db(&app)
+        .query_row(
+            "select hashed_password from users where id = ?1",
+            [&victim.user_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(password.is_none());
+    // Signing in again later is a plain return: nothing more is revoked.
+    let again = sign_in(&app, Google, "c").await;
+    assert_eq!(
+        app.get_authed("/api/v1/auth/me", &victim.access_token)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(again.user_id, victim.user_id);
 }
 
 #[tokio::test]

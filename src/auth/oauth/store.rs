@@ -16,6 +16,10 @@ pub enum How {
     Returning,
     /// A user with the same, provider-verified email now has this identity too.
     Linked,
+    /// Like `Linked`, but the account's own email had never been verified: whoever set its
+    /// password never proved the address, so the password was removed and every session
+    /// revoked before the link (CONTRACT §4, linking).
+    Reclaimed,
     /// A new user was created from the profile.
     Created,
 }
@@ -29,7 +33,9 @@ pub struct SignedIn {
 
 /// Finds, links or creates the user for `profile` and starts a session (CONTRACT §4, linking):
 /// the same provider and provider id is that user; else a user with the same email gets this
-/// identity only if the provider verified the email; else a new user, with the signup bonus.
+/// identity only if the provider verified the email (and, when the account's own email was
+/// never verified, loses its password and sessions first); else a new user, with the signup
+/// bonus.
 pub fn sign_in(
     tx: &Connection,
     provider: Provider,
@@ -54,9 +60,18 @@ pub fn sign_in(
         if !user.is_active {
             return Err(Error::Inactive);
         }
+        // A local account nobody proved the email of may have been registered by someone
+        // waiting for its owner: the one who just proved the address takes it over alone.
+        let how = if user.is_verified {
+            How::Linked
+        } else {
+            users::store::remove_password(tx, &user.id)?;
+            sessions::revoke_all_sessions(tx, &user.id, "taken over by the verified email owner")?;
+            How::Reclaimed
+        };
         insert(tx, provider, &profile.provider_id, &user.id, email)?;
         users::store::set_verified(tx, &user.id)?;
-        (user, How::Linked)
+        (user, how)
     } else {
         let new = users::store::NewProviderUser {
             email,
@@ -200,5 +215,92 @@ mod tests {
         assert_eq!(count(&tx, "user_identities"), 2);
         // The bonus was paid once, at creation.
         assert_eq!(ledger::sum(&tx, &created.user_id).unwrap(), 5);
+    }
+
+    fn local_user(tx: &Connection, email: &str) -> (String, Issued) {
+        let user = users::store::insert(
+            tx,
+            &users::store::NewUser {
+                email,
+                hashed_password: "$argon2id$someone's",
+                name: None,
+                is_admin: false,
+            },
+        )
+        .unwrap();
+        let session = sessions::start_session(tx, &user.id).unwrap();
+        (user.id, session)
+    }
+
+    fn password_and_live_sessions(tx: &Connection, user_id: &str) -> (Option<String>, Vec<String>) {
+        let password = tx
+            .query_row(
+                "select hashed_password from users where id = ?1",
+                [user_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut stmt = tx
+            .prepare("select id from auth_sessions where user_id = ?1 and revoked_at is null")
+            .unwrap();
+        let live = stmt
+            .query_map([user_id], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        (password, live)
+    }
+
+    #[test]
+    fn linking_to_an_unverified_account_removes_its_password_and_sessions_first() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::db::migrate::apply(&mut conn).unwrap();
+        let tx = conn.transaction().unwrap();
+
+        // Someone registered the victim's address and holds a session of it.
+        let (victim, planted) = local_user(&tx, "victim@x.io");
+        let owner = sign_in(
+            &tx,
+            Provider::Google,
+            &profile("g1", "victim@x.io", true),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            (owner.user_id.as_str(), owner.how),
+            (victim.as_str(), How::Reclaimed)
+        );
+        let (password, live) = password_and_live_sessions(&tx, &victim);
+        assert_eq!(password, None);
+        assert_eq!(
+            live,
+            std::slice::from_ref(&owner.issued.session_id),
+            "only the owner's session"
+        );
+        assert!(matches!(
+            sessions::rotate(&tx, &planted.refresh_token, 10).unwrap(),
+            sessions::Rotation::Revoked
+        ));
+        assert!(
+            users::store::by_id(&tx, &victim)
+                .unwrap()
+                .unwrap()
+                .is_verified
+        );
+
+        // An account whose email was verified keeps its password and sessions.
+        let (verified, kept) = local_user(&tx, "owner@x.io");
+        users::store::set_verified(&tx, &verified).unwrap();
+        let linked = sign_in(&tx, Provider::Yandex, &profile("y1", "owner@x.io", true), 0).unwrap();
+        assert_eq!(
+            (linked.user_id.as_str(), linked.how),
+            (verified.as_str(), How::Linked)
+        );
+        let (password, mut live) = password_and_live_sessions(&tx, &verified);
+        assert!(password.is_some());
+        live.sort();
+        let mut expected = vec![kept.session_id, linked.issued.session_id];
+        expected.sort();
+        assert_eq!(live, expected);
     }
 }
