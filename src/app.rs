@@ -67,6 +67,12 @@ impl AppState {
             llm::router::Settings::from_config(&config),
             Arc::new(llm::metrics::Metrics::default()),
         );
+        if llm.is_empty() {
+            tracing::warn!(
+                "no AI provider is configured: tools answer 503 providers_unavailable until \
+                 OPENAI_API_KEY, GIGACHAT_API_KEY or the YandexGPT credentials are set"
+            );
+        }
         let oauth = auth::oauth::OAuth::new(&config, auth::oauth::TIMEOUT)?;
         let runner = jobs::Runner::new(
             config.jobs.job_concurrency as usize,

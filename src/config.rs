@@ -767,7 +767,11 @@ impl Config {
             return Err(invalid("auth", "register_max_per_ip", "must be at least 1"));
         }
         if self.server.header_timeout_secs == 0 {
-            return Err(invalid("server", "header_timeout_secs", "must be at least 1"));
+            return Err(invalid(
+                "server",
+                "header_timeout_secs",
+                "must be at least 1",
+            ));
         }
         if self.auth.login_max_failures == 0 || self.auth.login_max_failures_per_ip == 0 {
             return Err(invalid("auth", "login_max_failures", "must be at least 1"));

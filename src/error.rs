@@ -146,3 +146,44 @@ pub async fn method_not_allowed() -> ApiError {
         "Method Not Allowed",
     )
 }
+
+/// The contract's JSON shape for the plain-text rejections of axum's own extractors (a
+/// malformed or repeated query parameter, a plain GET on a WebSocket path): every error a
+/// client sees is `{"detail","code"}`, whichever layer produced it.
+pub async fn json_rejections(response: Response) -> Response {
+    let status = response.status();
+    let is_text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !is_text || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let error = match status.as_u16() {
+        422 => ApiError::validation(vec![FieldError {
+            loc: vec!["query".into()],
+            msg: text,
+            kind: "value_error".into(),
+        }]),
+        404 => ApiError::not_found(text),
+        405 => ApiError::new(status, "method_not_allowed", text),
+        413 => ApiError::new(status, "payload_too_large", text),
+        415 => ApiError::new(status, "unsupported_media_type", text),
+        426 => ApiError::new(status, "upgrade_required", text),
+        500..=599 => ApiError::internal(&text),
+        _ => ApiError::new(status, "bad_request", text),
+    };
+    let mut json = error.into_response();
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in parts.headers.drain().filter_map(|(n, v)| n.map(|n| (n, v))) {
+        json.headers_mut().entry(name).or_insert(value);
+    }
+    json
+}

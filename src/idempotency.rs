@@ -73,6 +73,38 @@ pub fn claim(tx: &Connection, user_id: &str, key: &str, hash: &str) -> Result<Cl
     })
 }
 
+/// Records which paid work (a session's id) the key opened, in the transaction that opened it.
+pub fn attach(tx: &Connection, user_id: &str, key: &str, work_id: &str) -> Result<(), db::Error> {
+    tx.prepare_cached("update idempotency_keys set work_id = ?3 where user_id = ?1 and key = ?2")?
+        .execute(params![user_id, key, work_id])?;
+    Ok(())
+}
+
+/// Stores `status`/`body` as the answer for the key that opened `work_id`, if that key has no
+/// answer yet (start-up recovery: the run was cut off before it could answer).
+pub fn finish_work(
+    tx: &Connection,
+    work_id: &str,
+    status: u16,
+    body: &str,
+) -> Result<(), db::Error> {
+    tx.prepare_cached(
+        "update idempotency_keys set response_status = ?2, response_body = ?3, updated_at = ?4
+         where work_id = ?1 and response_status is null",
+    )?
+    .execute(params![work_id, status, body, timestamp::now()])?;
+    Ok(())
+}
+
+/// Forgets every key older than the window; returns how many.
+pub fn prune(tx: &Connection) -> Result<usize, db::Error> {
+    let cutoff =
+        timestamp::format(time::OffsetDateTime::now_utc() - time::Duration::seconds(WINDOW_SECS));
+    Ok(tx
+        .prepare_cached("delete from idempotency_keys where created_at < ?1")?
+        .execute(params![cutoff])?)
+}
+
 /// Stores the answer to replay.
 pub fn finish(
     tx: &Connection,

@@ -17,8 +17,19 @@ use crate::error::{ApiError, FieldError};
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// `axum::Json`, but malformed JSON, missing fields and wrong types become a FastAPI-style
-/// `422` list, and an oversized body a JSON `413`.
+/// `422` list, an oversized body a JSON `413`, and any `Content-Type` but `application/json`
+/// a `415` — so that a cross-site HTML form (which cannot send that type without a CORS
+/// preflight) can never post to the API.
 pub struct AppJson<T>(pub T);
+
+/// True for `application/json`, with or without parameters such as `charset`.
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
 
 impl<S, T> FromRequest<S> for AppJson<T>
 where
@@ -28,6 +39,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(&req) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Expected a body with Content-Type: application/json",
+            ));
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
@@ -122,24 +140,43 @@ where
     }
 }
 
+/// Where the unspecified address stands for a client that a trusted proxy named in a form
+/// that does not parse: such a client is nobody in particular — never the proxy itself, never
+/// loopback — so it cannot pass the loopback rule of `/metrics`, and its throttles are shared.
+const UNKNOWN_CLIENT: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
 fn client_ip(peer: IpAddr, parts: &Parts, trusted: &[ipnet::IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    let mut ip = peer;
-    if !is_trusted(&ip) {
-        return ip;
+    if !is_trusted(&peer) {
+        return peer;
     }
-    let hops = parts
+    let headers: Vec<&str> = match parts
         .headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(hop) if is_trusted(&ip) => ip = hop,
-            _ => break,
+        .map(|v| v.to_str())
+        .collect::<Result<_, _>>()
+    {
+        Ok(headers) => headers,
+        Err(_) => return UNKNOWN_CLIENT,
+    };
+    if headers.is_empty() {
+        // The proxy's own request (a health probe, a local curl).
+        return peer;
+    }
+    // From the nearest hop outwards, the first one that is not a trusted proxy is the client.
+    // A hop that does not parse (empty, `unknown`, garbage) ends the walk: whoever is beyond
+    // it cannot be known, and falling back to the proxy's address would make it the client.
+    let mut ip = peer;
+    for hop in headers.iter().flat_map(|v| v.split(',')).rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(hop) => {
+                ip = hop;
+                if !is_trusted(&ip) {
+                    return ip;
+                }
+            }
+            Err(_) => return UNKNOWN_CLIENT,
         }
     }
     ip
@@ -189,9 +226,47 @@ mod tests {
         let stranger: IpAddr = "198.51.100.1".parse().unwrap();
         assert_eq!(client_ip(stranger, &parts, &trusted), stranger);
     }
+
+    #[test]
+    fn forwarded_for_that_does_not_parse_is_nobody() {
+        let trusted = vec!["127.0.0.1/32".parse().unwrap()];
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip = |values: &[&str]| {
+            let mut req = axum::http::Request::builder();
+            for v in values {
+                req = req.header("x-forwarded-for", *v);
+            }
+            let (parts, _) = req.body(()).unwrap().into_parts();
+            client_ip(proxy, &parts, &trusted)
+        };
+        for bad in [
+            &["203.0.113.9,"][..],
+            &["unknown"],
+            &[""],
+            &["203.0.113.9, garbage"],
+            &["203.0.113.9", "x"],
+        ] {
+            let got = ip(bad);
+            assert!(!got.is_loopback(), "{bad:?} gave {got}");
+            assert_eq!(got, UNKNOWN_CLIENT, "{bad:?}");
+        }
+        assert_eq!(ip(&[]), proxy);
+        assert_eq!(ip(&["127.0.0.1"]), proxy);
+        assert_eq!(
+            ip(&["203.0.113.9"]),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            ip(&["198.51.100.2, 203.0.113.9", "127.0.0.1"]),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+    }
 }
 
-/// `limit` (1–100, default 20) and `offset` (≥ 0) of a list (CONTRACT §3).
+/// Largest accepted `offset` (CONTRACT §3): deeper pages are a scan, not a use.
+pub const OFFSET_MAX: i64 = 1_000_000;
+
+/// `limit` (1–100, default 20) and `offset` (0–1,000,000) of a list (CONTRACT §3).
 #[derive(Debug, Clone, Copy)]
 pub struct Pagination {
     pub limit: i64,
@@ -236,11 +311,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Pagination {
             Some(raw) => match raw.trim().parse::<i64>() {
                 Ok(n) if (min..=max).contains(&n) => n,
                 Ok(_) => {
-                    let msg = if max == i64::MAX {
-                        format!("Input should be greater than or equal to {min}")
-                    } else {
-                        format!("Input should be between {min} and {max}")
-                    };
+                    let msg = format!("Input should be between {min} and {max}");
                     errors.push(FieldError::query(name, msg, "value_error"));
                     default
                 }
@@ -255,7 +326,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Pagination {
             },
         };
         let limit = number("limit", 20, 1, 100);
-        let offset = number("offset", 0, 0, i64::MAX);
+        let offset = number("offset", 0, 0, OFFSET_MAX);
         if errors.is_empty() {
             Ok(Pagination { limit, offset })
         } else {

@@ -2,13 +2,11 @@
 //! and `serve(listener, state, shutdown)`, which `main` and the tests both call.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -145,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url(OPENAPI_PATH, doc))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::map_response(error::json_rejections))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(
             ServiceBuilder::new()
@@ -180,17 +179,12 @@ pub async fn serve(
             stopping.cancel();
         }
     });
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    // No Nagle delay: WebSocket events and small responses leave at once.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let app = router(state.clone());
+    let header_timeout = Duration::from_secs(state.config.server.header_timeout_secs);
     let serving = async {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stopping.clone().cancelled_owned())
-            .await;
+        accept_loop(listener, app, header_timeout, stopping.clone()).await;
         stopping.cancel();
-        served
+        Ok::<(), std::io::Error>(())
     };
     // In-flight requests finish while running jobs get their grace period; then the sockets,
     // which have seen every job's final event, are closed.
@@ -203,6 +197,68 @@ pub async fn serve(
     pruner.abort();
     watcher.abort();
     served
+}
+
+/// Accepts connections until `stopping`, serving each over HTTP/1.1 (with upgrades, for
+/// WebSockets); then lets in-flight requests finish and returns.
+///
+/// Our own loop rather than `axum::serve` for one setting: a connection that has not sent a
+/// whole request head within `header_timeout` is closed, so half-sent requests cannot hold
+/// connections open (CONTRACT §2, `EASY_WRITER_HEADER_TIMEOUT_SECS`).
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stopping: tokio_util::sync::CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopping.cancelled() => break,
+        };
+        // No Nagle delay: WebSocket events and small responses leave at once.
+        let _ = tcp.set_nodelay(true);
+        let service =
+            app.clone()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req.map(axum::body::Body::new)
+                });
+        let connection = http
+            .serve_connection(
+                TokioIo::new(tcp),
+                hyper_util::service::TowerToHyperService::new(service),
+            )
+            .with_upgrades();
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = stopping.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -25,13 +25,46 @@ use crate::error::ApiError;
 pub struct Auth {
     pub keys: jwt::Keys,
     pub hasher: password::Hasher,
-    pub throttle: throttle::Throttle,
+    pub throttles: Throttles,
     pub cookie: CookiePolicy,
     pub refresh_grace_secs: u64,
     pub signup_bonus: i64,
-    pub max_failures_per_email: u32,
-    pub max_failures_per_ip: u32,
+    pub limits: Limits,
 }
+
+/// The attempt throttles, one per window length and purpose.
+pub struct Throttles {
+    /// Logins (per email and IP, per email, per IP), 15 minutes.
+    pub login: throttle::Throttle,
+    /// Wrong `current_password` on a password change, per user, 15 minutes.
+    pub password: throttle::Throttle,
+    /// Registrations per IP, one hour.
+    pub register: throttle::Throttle,
+    /// Mail requests (reset, verification) per address and per IP, one hour.
+    pub mail: throttle::Throttle,
+}
+
+/// How many attempts each throttle allows in its window.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Failed logins for one email from one IP (`EASY_WRITER_LOGIN_MAX_FAILURES`).
+    pub login_per_email: u32,
+    /// Failed logins for one email from all IPs together: a ceiling [`EMAIL_CEILING`] times
+    /// the per-pair limit, so that guessing someone's email locks them out only from the
+    /// guesser's address, while a distributed guess still stops.
+    pub login_per_email_total: u32,
+    pub login_per_ip: u32,
+    pub password_per_user: u32,
+    pub register_per_ip: u32,
+    pub mail_per_address: u32,
+    pub mail_per_ip: u32,
+}
+
+/// The per-email login ceiling over all IPs, as a multiple of the per-(email, IP) limit.
+pub const EMAIL_CEILING: u32 = 20;
+const MINUTE: Duration = Duration::from_secs(60);
+/// Bytes each throttle's counters may take at most.
+const THROTTLE_BYTES: u64 = 8 << 20;
 
 /// Attributes of the `refresh_token` cookie.
 #[derive(Debug, Clone)]
@@ -46,7 +79,12 @@ impl Auth {
         Auth {
             keys: jwt::Keys::new(secret),
             hasher: password::Hasher::new(),
-            throttle: throttle::Throttle::default(),
+            throttles: Throttles {
+                login: throttle::Throttle::new(15 * MINUTE, THROTTLE_BYTES),
+                password: throttle::Throttle::new(15 * MINUTE, THROTTLE_BYTES),
+                register: throttle::Throttle::new(60 * MINUTE, THROTTLE_BYTES),
+                mail: throttle::Throttle::new(60 * MINUTE, THROTTLE_BYTES),
+            },
             cookie: CookiePolicy {
                 secure: cfg.cookie_secure,
                 same_site: match cfg.cookie_samesite.as_str() {
@@ -57,8 +95,15 @@ impl Auth {
             },
             refresh_grace_secs: cfg.refresh_grace_secs,
             signup_bonus: cfg.signup_bonus,
-            max_failures_per_email: cfg.login_max_failures,
-            max_failures_per_ip: cfg.login_max_failures_per_ip,
+            limits: Limits {
+                login_per_email: cfg.login_max_failures,
+                login_per_email_total: cfg.login_max_failures.saturating_mul(EMAIL_CEILING),
+                login_per_ip: cfg.login_max_failures_per_ip,
+                password_per_user: cfg.login_max_failures,
+                register_per_ip: cfg.register_max_per_ip,
+                mail_per_address: 5,
+                mail_per_ip: 20,
+            },
         }
     }
 }
@@ -66,7 +111,8 @@ impl Auth {
 /// How often expired refresh tokens are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Deletes expired refresh tokens now and then, for as long as the server runs.
+/// Deletes expired refresh tokens and day-old idempotency keys now and then, for as long as
+/// the server runs.
 pub async fn prune_periodically(db: db::Db) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
@@ -75,6 +121,11 @@ pub async fn prune_periodically(db: db::Db) {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "pruned expired refresh tokens"),
             Err(e) => tracing::warn!(error = %e, "pruning refresh tokens failed"),
+        }
+        match db.write(crate::idempotency::prune).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "forgot idempotency keys older than a day"),
+            Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
         }
     }
 }
@@ -94,7 +145,7 @@ pub enum Error {
     Inactive,
     #[error("Email already registered")]
     EmailTaken,
-    #[error("Too many failed login attempts, try again later")]
+    #[error("Too many attempts, try again later")]
     TooManyAttempts { retry_after: Duration },
     #[error("Admin rights required")]
     Forbidden,

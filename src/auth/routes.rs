@@ -11,10 +11,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::extract::CurrentUser;
 use super::store::{self, REFRESH_TTL_SECS, Rotation};
+use super::throttle::Key;
 use super::{Auth, Error, jwt};
 use crate::app::AppState;
 use crate::billing::ledger;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::request::{AppJson, ClientIp};
 use crate::users::{self, UserResponse};
 
@@ -114,13 +115,25 @@ fn cleared_cookie(auth: &Auth) -> CookieJar {
         (status = 201, description = "Registered and signed in; sets the refresh cookie", body = TokenResponse),
         (status = 409, description = "`email_taken`", body = ErrorBody),
         (status = 422, description = "`validation_error`", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts` (registrations from this IP), with `Retry-After`", body = ErrorBody),
     ))]
 async fn register(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     AppJson(body): AppJson<RegisterRequest>,
 ) -> Result<(StatusCode, SignedIn), ApiError> {
     let (email, name) = users::validate_signup(&body.email, &body.password, body.name.as_deref())
         .map_err(ApiError::validation)?;
+    let per_ip = Key::new("register:ip", &[ip.to_string().as_bytes()]);
+    if let Err(retry_after) = state
+        .auth
+        .throttles
+        .register
+        .attempt(per_ip, state.auth.limits.register_per_ip)
+    {
+        tracing::warn!(client.ip = %ip, "registration throttled");
+        return Err(Error::TooManyAttempts { retry_after }.into());
+    }
     let taken = {
         let email = email.clone();
         state
@@ -179,38 +192,61 @@ async fn login(
     AppJson(body): AppJson<LoginRequest>,
 ) -> Result<SignedIn, ApiError> {
     let auth = &state.auth;
-    let email_key = format!("email:{}", body.email.trim().to_lowercase());
-    let ip_key = format!("ip:{ip}");
-    for (key, max) in [
-        (&email_key, auth.max_failures_per_email),
-        (&ip_key, auth.max_failures_per_ip),
-    ] {
-        if let Err(retry_after) = auth.throttle.check(key, max) {
-            tracing::warn!(client.ip = %ip, "login throttled");
-            return Err(Error::TooManyAttempts { retry_after }.into());
-        }
+    // Bounded before anything is keyed or looked up.
+    if body.email.chars().count() > users::EMAIL_MAX {
+        return Err(ApiError::validation(vec![FieldError::body(
+            "email",
+            format!("email must be at most {} characters", users::EMAIL_MAX),
+            "value_error",
+        )]));
+    }
+    if body.password.chars().count() > users::PASSWORD_MAX {
+        return Err(ApiError::validation(vec![FieldError::body(
+            "password",
+            format!(
+                "password must be at most {} characters",
+                users::PASSWORD_MAX
+            ),
+            "value_error",
+        )]));
+    }
+    let email = body.email.trim().to_owned();
+    let folded = email.to_lowercase();
+    let limits = auth.limits;
+    let ip_text = ip.to_string();
+    let pair = Key::new("login:email+ip", &[folded.as_bytes(), ip_text.as_bytes()]);
+    let all_ips = Key::new("login:email", &[folded.as_bytes()]);
+    let from_ip = Key::new("login:ip", &[ip_text.as_bytes()]);
+    // Counted before the password is checked: concurrent guesses are limited like
+    // sequential ones. A correct password gives its attempt back below.
+    if let Err(retry_after) = auth.throttles.login.attempt_all(&[
+        (pair, limits.login_per_email),
+        (all_ips, limits.login_per_email_total),
+        (from_ip, limits.login_per_ip),
+    ]) {
+        tracing::warn!(client.ip = %ip, "login throttled");
+        return Err(Error::TooManyAttempts { retry_after }.into());
     }
 
-    let user = {
-        let email = body.email.clone();
-        state
-            .db
-            .read(move |c| users::store::by_email(c, &email))
-            .await
-            .map_err(Error::from)?
-    };
+    let user = state
+        .db
+        .read(move |c| users::store::by_email(c, &email))
+        .await
+        .map_err(Error::from)?;
     let stored = user.as_ref().and_then(|u| u.hashed_password.clone());
     if !auth.hasher.verify(body.password, stored).await {
-        auth.throttle.record_failure(&email_key);
-        auth.throttle.record_failure(&ip_key);
         tracing::info!(client.ip = %ip, "login failed");
         return Err(Error::InvalidCredentials.into());
     }
-    let user = user.expect("verify is false without a user");
+    let Some(user) = user else {
+        return Err(Error::InvalidCredentials.into());
+    };
+    auth.throttles.login.reset(pair);
+    auth.throttles.login.forgive(all_ips);
+    auth.throttles.login.forgive(from_ip);
     if !user.is_active {
         return Err(Error::Inactive.into());
     }
-    auth.throttle.reset(&email_key);
     let user_id = user.id.clone();
     let issued = state
         .db

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_identities",
         sql: include_str!("../../migrations/0003_identities.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_idempotency_work",
+        sql: include_str!("../../migrations/0004_idempotency_work.sql"),
+    },
 ];
 
 /// A migration with whether it has been applied, for `migrate --status`.

@@ -41,3 +41,26 @@ pub struct SessionError {
     pub code: String,
     pub message: String,
 }
+
+impl Session {
+    /// The `503` body a failed quick run answers with: the contract's error shape plus the
+    /// session, so the client can show what happened and that the raits came back. Stored
+    /// for its `Idempotency-Key` too, also when start-up recovery fails the run.
+    pub fn failure_body(&self) -> String {
+        let (code, message) = match &self.error {
+            Some(error) => (error.code.as_str(), error.message.as_str()),
+            None => ("providers_unavailable", ""),
+        };
+        let code = match code {
+            "timeout" | "interrupted" => code,
+            _ => "providers_unavailable",
+        };
+        serde_json::json!({
+            "detail": message,
+            "code": code,
+            "session_id": self.id,
+            "session": self,
+        })
+        .to_string()
+    }
+}

@@ -91,6 +91,15 @@ impl Ended {
         )
     }
 
+    fn panicked(session_id: &str) -> Ended {
+        tracing::error!(session.id = %session_id, "generation panicked");
+        Ended::failed(
+            "provider_error",
+            "The generation failed; the raits were refunded",
+            None,
+        )
+    }
+
     fn timeout() -> Ended {
         Ended::failed(
             "timeout",
@@ -203,17 +212,21 @@ pub async fn quick<T: Send + 'static>(
     };
     let preferred = tool.preferred_provider();
     let deadline = Duration::from_secs(state.config.llm.quick_deadline_secs.max(1));
+    // A panic in the provider path must not hold the raits: it is caught and refunded like
+    // any failure, and the watchers hear the end.
+    let generate = AssertUnwindSafe(state.llm.chat(Some(preferred), &request)).catch_unwind();
     let ended = tokio::select! {
-        generated = tokio::time::timeout(deadline, state.llm.chat(Some(preferred), &request)) => {
+        generated = tokio::time::timeout(deadline, generate) => {
             match generated {
-                Ok(Ok((provider, response))) => Ended::Produced(Produced {
+                Ok(Ok(Ok((provider, response)))) => Ended::Produced(Produced {
                     text: response.text,
                     provider,
                     tokens: response.usage.total_tokens,
                 }),
-                Ok(Err(unavailable)) => {
+                Ok(Ok(Err(unavailable))) => {
                     Ended::from_failure(Failure::Unavailable(unavailable), &session.id)
                 }
+                Ok(Err(_)) => Ended::panicked(&session.id),
                 Err(_) => Ended::timeout(),
             }
         }
@@ -266,10 +279,7 @@ pub fn enqueue(state: &AppState, job: Job) {
             outcome = work => match outcome {
                 Ok(Ok(produced)) => Ended::Produced(produced),
                 Ok(Err(failure)) => Ended::from_failure(failure, &job.session_id),
-                Err(_) => {
-                    tracing::error!(session.id = %job.session_id, "generation panicked");
-                    Ended::failed("provider_error", "The generation failed; the raits were refunded", None)
-                }
+                Err(_) => Ended::panicked(&job.session_id),
             },
             () = state.jobs.interrupted() => Ended::interrupted(),
         };

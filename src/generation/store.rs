@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{Session, SessionError};
 use crate::billing::{self, ledger};
-use crate::{db, timestamp};
+use crate::{db, idempotency, timestamp};
 
 const COLUMNS: &str = "id, tool_id, mode, status, input_data, result, provider_used, tokens_used, \
                        cost_raits, created_at, completed_at, error_code, error_message";
@@ -218,14 +218,17 @@ pub fn start(tx: &Connection, user_id: &str, id: &str) -> Result<bool, db::Error
 }
 
 /// Fails and refunds every `in_progress` session (start-up: nothing is running yet, so these
-/// were cut off by a crash or kill). Returns how many.
+/// were cut off by a crash or kill), and stores the refunded failure as the answer of the
+/// `Idempotency-Key` that opened each, so a retry learns the outcome instead of hearing
+/// "still running" for a day. Returns how many.
 pub fn interrupt_running(tx: &Connection, error: &SessionError) -> Result<usize, billing::Error> {
     let running: Vec<(String, String)> = tx
         .prepare_cached("select user_id, id from generation_sessions where status = 'in_progress'")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     for (user_id, id) in &running {
-        fail(tx, user_id, id, error, None)?;
+        let session = fail(tx, user_id, id, error, None)?;
+        idempotency::finish_work(tx, id, 503, &session.failure_body())?;
     }
     Ok(running.len())
 }

@@ -37,6 +37,16 @@ impl Error {
         )
     }
 
+    /// A failure of the provider itself, the same whoever asked, which counts towards its
+    /// breaker: not one user's refused content nor a request the provider rejected as bad
+    /// (CONTRACT §2, `EASY_WRITER_BREAKER_FAILURES`).
+    pub fn is_provider_side(&self) -> bool {
+        !matches!(
+            self,
+            Error::Refused(_) | Error::BadRequest { .. } | Error::NotConfigured(_)
+        )
+    }
+
     /// Stable label for metrics and logs.
     pub fn class(&self) -> &'static str {
         match self {
@@ -89,17 +99,22 @@ impl Error {
     }
 }
 
+/// Longest `Retry-After` taken as given; anything longer (or absurd, like `1e20`) is capped —
+/// the router moves on to the next provider past ten seconds either way.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
+
 /// Parses `Retry-After` given in seconds (the HTTP-date form is not used by these providers).
+/// Whatever the provider sends, this never panics: non-numbers are ignored, huge values capped.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
+    let seconds = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim()
         .parse::<f64>()
         .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+        .filter(|s| s.is_finite() && *s >= 0.0)?;
+    Some(Duration::try_from_secs_f64(seconds).map_or(RETRY_AFTER_MAX, |d| d.min(RETRY_AFTER_MAX)))
 }
 
 /// reqwest's messages include the URL; keep logs free of query strings and hosts' paths.
@@ -118,5 +133,40 @@ pub fn short(text: &str) -> String {
         text.to_owned()
     } else {
         text.chars().take(MAX).chain("…".chars()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_never_panics_and_caps() {
+        let parse = |v: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            retry_after(&headers)
+        };
+        assert_eq!(parse("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse("1e20"), Some(RETRY_AFTER_MAX));
+        assert_eq!(parse("1e300"), Some(RETRY_AFTER_MAX));
+        assert_eq!(parse("inf"), None);
+        assert_eq!(parse("NaN"), None);
+        assert_eq!(parse("-1"), None);
+        assert_eq!(parse("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn refusals_and_bad_requests_are_not_the_providers_fault() {
+        assert!(!Error::Refused("x".into()).is_provider_side());
+        let bad = Error::BadRequest {
+            status: 400,
+            message: String::new(),
+        };
+        assert!(!bad.is_provider_side());
+        assert!(Error::Timeout.is_provider_side());
+        assert!(Error::RateLimited { retry_after: None }.is_provider_side());
+        assert!(Error::Malformed(String::new()).is_provider_side());
     }
 }

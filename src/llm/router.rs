@@ -157,6 +157,11 @@ impl LlmRouter {
         &self.metrics
     }
 
+    /// True when no provider is configured: every call would fail.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// Configured providers, in fallback order.
     pub fn configured(&self) -> Vec<ProviderId> {
         self.plan(None)
@@ -212,6 +217,9 @@ impl LlmRouter {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = None;
             }
+            // One user's refused content or a request the provider found bad says nothing
+            // about the provider; it neither opens nor resets the breaker.
+            Err(e) if !e.is_provider_side() => {}
             Err(_) => {
                 let failures = slot.breaker.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if failures >= self.settings.breaker_failures {

@@ -22,9 +22,9 @@ use crate::app::AppState;
 use crate::auth::extract::CurrentUser;
 use crate::billing;
 use crate::error::{ApiError, ErrorBody, FieldError};
+use crate::generation::Session;
 use crate::generation::run;
 use crate::generation::store::{self as sessions, NewSession};
-use crate::generation::{Session, SessionError};
 use crate::idempotency::{self, Claim};
 use crate::request::AppJson;
 
@@ -253,6 +253,14 @@ async fn execute(
         ))
     })?;
     let key = idempotency_key(&headers)?;
+    if state.llm.is_empty() {
+        // Refused before the debit: nothing to refund, and the reason is said.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "providers_unavailable",
+            "No AI provider is configured on this server",
+        ));
+    }
     let user_id = current.user.id.clone();
 
     // From the debit to the settlement the run is a runner task: a client that hangs up
@@ -309,6 +317,9 @@ async fn paid_run(
                         description: &description,
                     },
                 )?;
+                if let Some(key) = &key {
+                    idempotency::attach(tx, &user_id, key, &session.id)?;
+                }
                 if let (Some(key), Mode::Standard) = (&key, mode) {
                     let accepted = accepted_body(&session.id);
                     idempotency::finish(
@@ -388,7 +399,7 @@ async fn paid_run(
                 serde_json::to_string(session).unwrap_or_default(),
             )
         } else {
-            (StatusCode::SERVICE_UNAVAILABLE, failure_body(session))
+            (StatusCode::SERVICE_UNAVAILABLE, session.failure_body())
         };
         if let Some(key) = &key {
             idempotency::finish(tx, &key_owner, key, status.as_u16(), &body)?;
@@ -415,27 +426,6 @@ fn accepted_body(session_id: &str) -> String {
 enum Opened {
     Session(Box<Session>),
     Claimed(Claim),
-}
-
-/// The 503 body of a failed run: the contract's error shape plus the session, so the client
-/// can show what happened and that the raits came back.
-fn failure_body(session: &Session) -> String {
-    let error = session.error.clone().unwrap_or(SessionError {
-        code: "providers_unavailable".into(),
-        message: String::new(),
-    });
-    let code = match error.code.as_str() {
-        "timeout" => "timeout",
-        "interrupted" => "interrupted",
-        _ => "providers_unavailable",
-    };
-    serde_json::json!({
-        "detail": error.message,
-        "code": code,
-        "session_id": session.id,
-        "session": session,
-    })
-    .to_string()
 }
 
 /// A stored (or fresh) JSON answer.

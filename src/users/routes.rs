@@ -9,8 +9,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{User, UserResponse};
 use crate::app::AppState;
+use crate::auth;
 use crate::auth::extract::CurrentUser;
 use crate::auth::store as sessions;
+use crate::auth::throttle::Key;
 use crate::billing::ledger;
 use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::request::{AppJson, Page, Pagination};
@@ -145,6 +147,7 @@ pub struct PasswordChange {
         (status = 204, description = "Changed; other sessions revoked"),
         (status = 400, description = "`invalid_current_password` or `password_not_set`", body = ErrorBody),
         (status = 422, body = ErrorBody),
+        (status = 429, description = "`too_many_attempts` after repeated wrong `current_password`, with `Retry-After`", body = ErrorBody),
     ))]
 async fn change_password(
     State(state): State<AppState>,
@@ -154,6 +157,16 @@ async fn change_password(
     super::check_password(&body.new_password).map_err(|m| {
         ApiError::validation(vec![FieldError::body("new_password", m, "value_error")])
     })?;
+    if body.current_password.chars().count() > super::PASSWORD_MAX {
+        return Err(ApiError::validation(vec![FieldError::body(
+            "current_password",
+            format!(
+                "password must be at most {} characters",
+                super::PASSWORD_MAX
+            ),
+            "value_error",
+        )]));
+    }
     let Some(stored) = current.user.hashed_password.clone() else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -161,6 +174,13 @@ async fn change_password(
             "This account signs in through Google or Yandex and has no password",
         ));
     };
+    // Counted before the check, so concurrent guesses are limited like sequential ones.
+    let guesses = Key::new("password:user", &[current.user.id.as_bytes()]);
+    let throttle = &state.auth.throttles.password;
+    if let Err(retry_after) = throttle.attempt(guesses, state.auth.limits.password_per_user) {
+        tracing::warn!(user.id = %current.user.id, "password change throttled");
+        return Err(auth::Error::TooManyAttempts { retry_after }.into());
+    }
     if !state
         .auth
         .hasher
@@ -173,6 +193,7 @@ async fn change_password(
             "The current password is wrong",
         ));
     }
+    throttle.forgive(guesses);
     let hashed = state
         .auth
         .hasher

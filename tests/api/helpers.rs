@@ -87,6 +87,11 @@ impl Builder {
             ),
             ("EASY_WRITER_BIND".to_owned(), "127.0.0.1:0".to_owned()),
             ("JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
+            // Every test client is 127.0.0.1; tests of this throttle set their own limit.
+            (
+                "EASY_WRITER_REGISTER_MAX_PER_IP".to_owned(),
+                "1000".to_owned(),
+            ),
         ]);
         let mut upstreams = HashMap::new();
         for name in self.upstreams {
@@ -323,5 +328,72 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+}
+
+/// The real binary serving a data directory on a free loopback port, for tests that kill it
+/// (`kill -9`) or stop it with SIGTERM and start it again on the same data.
+pub struct ServerProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `easy-writer serve` with only `env` (and the data directory) set, and waits for
+    /// `/health` to answer 200.
+    pub async fn start(dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        Self::start_on(addr, dir, env).await
+    }
+
+    /// [`start`](Self::start) on a given address (again on the address of a killed server).
+    pub async fn start_on(addr: SocketAddr, dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
+        let config = dir.join("process-config.toml");
+        std::fs::write(&config, "").expect("write config");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+            .args(["serve", "--bind", &addr.to_string()])
+            .env_clear()
+            .env("EASY_WRITER_DATA_DIR", dir)
+            .env("EASY_WRITER_CONFIG", &config)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn easy-writer serve");
+        let server = ServerProcess { child, addr };
+        let client = reqwest::Client::new();
+        for _ in 0..500 {
+            if let Ok(r) = client.get(server.url("/health")).send().await
+                && r.status() == 200
+            {
+                return server;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("easy-writer serve never answered /health");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// SIGKILL: no shutdown, no cleanup, as after a crash.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
+    /// SIGTERM, and the clean exit (0) the contract promises.
+    pub fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        assert_eq!(self.child.wait().expect("wait").code(), Some(0));
     }
 }

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use crate::fake_llm::{FakeLlm, Reply};
-use crate::helpers::{JWT_SECRET, Session, TestApp, builder, email};
+use crate::helpers::{JWT_SECRET, ServerProcess, Session, TestApp, builder, email};
 
 const STANDARD_COST: i64 = 15; // paraphrase, standard mode
 
@@ -708,47 +708,19 @@ async fn a_quick_run_can_be_watched_too() {
 /// The real binary, killed with SIGKILL mid-job and started again on the same data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_refunds_the_running_job_and_runs_the_queued_one_after_restart() {
-    use std::process::{Command, Stdio};
     let fake = FakeLlm::start().await;
     fake.then(Reply::held(vec!["никогда".into()]));
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("kill-config.toml");
-    std::fs::write(&config, "").unwrap();
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let serve = || {
-        Command::new(env!("CARGO_BIN_EXE_easy-writer"))
-            .args(["serve", "--bind", &addr.to_string()])
-            .env_clear()
-            .env("EASY_WRITER_DATA_DIR", dir.path())
-            .env("EASY_WRITER_CONFIG", &config)
-            .env("OPENAI_BASE_URL", &fake.url)
-            .env("OPENAI_API_KEY", "sk-test")
-            .env("EASY_WRITER_SIGNUP_BONUS", "100")
-            .env("EASY_WRITER_JOB_CONCURRENCY", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let env = [
+        ("OPENAI_BASE_URL", fake.url.as_str()),
+        ("OPENAI_API_KEY", "sk-test"),
+        ("EASY_WRITER_SIGNUP_BONUS", "100"),
+        ("EASY_WRITER_JOB_CONCURRENCY", "1"),
+    ];
     let client = reqwest::Client::new();
+    let server = ServerProcess::start(dir.path(), &env).await;
+    let addr = server.addr();
     let url = |path: &str| format!("http://{addr}{path}");
-    let healthy = || async {
-        for _ in 0..500 {
-            if let Ok(r) = client.get(url("/health")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no /health 200");
-    };
-
-    let mut child = serve();
-    healthy().await;
     let registered: Value = client
         .post(url("/api/v1/auth/register"))
         .json(&json!({"email": email("kill"), "password": crate::helpers::PASSWORD}))
@@ -793,11 +765,9 @@ async fn a_killed_server_refunds_the_running_job_and_runs_the_queued_one_after_r
     };
     assert_eq!(get(running.clone()).await["status"], "in_progress");
     assert_eq!(get(queued.clone()).await["status"], "pending");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
 
-    let mut child = serve();
-    healthy().await;
+    let server = ServerProcess::start_on(addr, dir.path(), &env).await;
     let s = get(running).await;
     assert_eq!(s["status"], "failed");
     assert_eq!(s["error"]["code"], "interrupted");
@@ -829,10 +799,7 @@ async fn a_killed_server_refunds_the_running_job_and_runs_the_queued_one_after_r
         )
         .unwrap();
     assert_eq!((refunds, sum), (1, 100 - STANDARD_COST));
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    server.stop();
 }
 
 #[tokio::test]

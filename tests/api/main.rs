@@ -7,6 +7,7 @@ mod catalogue;
 mod cli;
 mod fake_llm;
 mod gigachat;
+mod hardening;
 mod helpers;
 mod http;
 mod jobs;
