@@ -9,7 +9,7 @@ use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::db::Db;
 use crate::llm::{self, LlmRouter};
-use crate::{jobs, tools, ws};
+use crate::{jobs, mail, tools, ws};
 
 /// Cheap to clone; every field is shared.
 #[derive(Clone)]
@@ -32,6 +32,8 @@ pub struct AppState {
     pub jobs: jobs::Runner,
     /// Open WebSockets, closed on shutdown once the jobs have settled.
     pub sockets: ws::Sockets,
+    /// Reset and verification letters over SMTP; `None` without `SMTP_URL`.
+    pub mailer: Option<Arc<mail::Mailer>>,
 }
 
 impl AppState {
@@ -74,6 +76,7 @@ impl AppState {
             );
         }
         let oauth = auth::oauth::OAuth::new(&config, auth::oauth::TIMEOUT)?;
+        let mailer = mail::Mailer::from_config(&config)?.map(Arc::new);
         let runner = jobs::Runner::new(
             config.jobs.job_concurrency as usize,
             std::time::Duration::from_secs(config.jobs.shutdown_grace_secs),
@@ -83,6 +86,7 @@ impl AppState {
             oauth: Arc::new(oauth),
             jobs: runner,
             sockets: ws::Sockets::default(),
+            mailer,
             llm: Arc::new(llm),
             auth: Arc::new(Auth::new(&config.auth, &secret)),
             trusted_proxies: config.trusted_proxies().into(),

@@ -24,6 +24,8 @@ pub mod idempotency;
 pub mod jobs;
 /// AI text generation: providers, router, metrics.
 pub mod llm;
+/// Letters to users (password reset, email verification) over SMTP.
+pub mod mail;
 /// Extractors shared by all routes.
 pub mod request;
 /// Router, middleware and serving.
