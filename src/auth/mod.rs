@@ -9,6 +9,7 @@ pub mod extract;
 pub mod jwt;
 pub mod oauth;
 pub mod password;
+pub mod recovery;
 pub mod routes;
 pub mod store;
 pub mod throttle;
@@ -108,19 +109,22 @@ impl Auth {
     }
 }
 
-/// How often expired refresh tokens are deleted.
+/// How often expired refresh, reset and verification tokens are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Deletes expired refresh tokens and day-old idempotency keys now and then, for as long as
-/// the server runs.
+/// Deletes expired refresh, reset and verification tokens and day-old idempotency keys now
+/// and then, for as long as the server runs.
 pub async fn prune_periodically(db: db::Db) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
         tick.tick().await;
-        match db.write(store::prune).await {
+        let pruned = db
+            .write(|tx| Ok::<_, db::Error>(store::prune(tx)? + recovery::store::prune(tx)?))
+            .await;
+        match pruned {
             Ok(0) => {}
-            Ok(rows) => tracing::info!(rows, "pruned expired refresh tokens"),
-            Err(e) => tracing::warn!(error = %e, "pruning refresh tokens failed"),
+            Ok(rows) => tracing::info!(rows, "pruned expired tokens"),
+            Err(e) => tracing::warn!(error = %e, "pruning expired tokens failed"),
         }
         match db.write(crate::idempotency::prune).await {
             Ok(0) => {}

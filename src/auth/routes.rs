@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(logout))
         .routes(routes!(me))
         .merge(super::oauth::routes::router())
+        .merge(super::recovery::router())
 }
 
 #[derive(Deserialize, ToSchema)]

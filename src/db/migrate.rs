@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_idempotency_work",
         sql: include_str!("../../migrations/0004_idempotency_work.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_account_tokens",
+        sql: include_str!("../../migrations/0005_account_tokens.sql"),
+    },
 ];
 
 /// A migration with whether it has been applied, for `migrate --status`.

@@ -11,6 +11,7 @@ mod hardening;
 mod helpers;
 mod http;
 mod jobs;
+mod mail;
 mod oauth;
 mod openai;
 mod persistence;
