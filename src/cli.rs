@@ -94,6 +94,26 @@ pub enum UserCommand {
         #[arg(long)]
         email: String,
     },
+    /// Mark the user's email verified (the operator vouches for it).
+    Verify {
+        #[arg(long)]
+        email: String,
+    },
+    /// Set a new password and revoke every session of the user.
+    ResetPassword(ResetPassword),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("secret").required(true).args(["password", "password_stdin"])))]
+pub struct ResetPassword {
+    #[arg(long)]
+    pub email: String,
+    /// The new password (visible in the process list; prefer --password-stdin).
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Read the new password from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 #[derive(Args, Debug)]
@@ -330,6 +350,8 @@ async fn run_user(command: UserCommand, config: &Config) -> Outcome {
         } => topup(config, &email, raits, reason).await,
         UserCommand::Deactivate { email } => set_active(config, &email, false).await,
         UserCommand::Activate { email } => set_active(config, &email, true).await,
+        UserCommand::Verify { email } => verify_email(config, &email).await,
+        UserCommand::ResetPassword(args) => reset_password(args, config).await,
     }
 }
 
@@ -469,6 +491,59 @@ async fn set_active(config: &Config, email: &str, active: bool) -> Outcome {
         return Err(anyhow!("no user with email {email}").into());
     }
     println!("{email}: {}", if active { "active" } else { "deactivated" });
+    Ok(())
+}
+
+async fn verify_email(config: &Config, email: &str) -> Outcome {
+    let db = app::open_db(config)?;
+    let email_owned = email.trim().to_owned();
+    let found = db
+        .write(move |tx| {
+            let Some(user) = users::store::by_email(tx, &email_owned)? else {
+                return Ok(false);
+            };
+            users::store::set_verified(tx, &user.id)?;
+            Ok::<_, db::Error>(true)
+        })
+        .await
+        .map_err(anyhow::Error::from)?;
+    if !found {
+        return Err(anyhow!("no user with email {}", email.trim()).into());
+    }
+    println!("{}: verified", email.trim());
+    Ok(())
+}
+
+async fn reset_password(args: ResetPassword, config: &Config) -> Outcome {
+    let password = match args.password {
+        Some(password) => password,
+        None => read_password_line()?,
+    };
+    users::check_password(&password).map_err(Failure::Usage)?;
+    let db = app::open_db(config)?;
+    let hashed = crate::auth::password::Hasher::new().hash(password).await?;
+    let email = args.email.trim().to_owned();
+    let revoked = {
+        let email = email.clone();
+        db.write(move |tx| {
+            let Some(user) = users::store::by_email(tx, &email)? else {
+                return Ok(None);
+            };
+            users::store::set_password(tx, &user.id, &hashed)?;
+            let revoked = crate::auth::store::revoke_all_sessions(
+                tx,
+                &user.id,
+                "password reset by the operator",
+            )?;
+            Ok::<_, db::Error>(Some(revoked))
+        })
+        .await
+        .map_err(anyhow::Error::from)?
+    };
+    let Some(revoked) = revoked else {
+        return Err(anyhow!("no user with email {email}").into());
+    };
+    println!("{email}: password set, {revoked} session(s) revoked");
     Ok(())
 }
 

@@ -262,6 +262,134 @@ async fn deactivate_and_activate_take_effect_on_a_running_server() {
     assert_eq!(out.status.code(), Some(1), "refuses to overwrite");
 }
 
+#[tokio::test]
+async fn verify_and_reset_password_take_effect_on_a_running_server() {
+    let app = builder().spawn().await;
+    let address = email("cli-recovery");
+    let session = app.register(&address).await;
+    let dir = app.data_dir();
+    let verified = |app: &crate::helpers::TestApp| {
+        let conn = rusqlite::Connection::open(app.database_path()).unwrap();
+        conn.query_row(
+            "select is_verified from users where email = ?1",
+            [&address],
+            |r| r.get::<_, bool>(0),
+        )
+        .unwrap()
+    };
+    assert!(!verified(&app));
+
+    let out = run(
+        &dir,
+        &["user", "verify", "--email", &address.to_uppercase()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(verified(&app));
+    let out = run(&dir, &["user", "verify", "--email", "nobody@example.com"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no user"), "{}", stderr(&out));
+
+    let out = run_with(
+        &dir,
+        &[
+            "user",
+            "reset-password",
+            "--email",
+            &address,
+            "--password-stdin",
+        ],
+        &[],
+        Some("set by the operator\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("1 session(s) revoked"),
+        "{}",
+        stdout(&out)
+    );
+    expect_error(
+        app.login(&address, PASSWORD).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    assert_eq!(
+        app.login(&address, "set by the operator").await.status(),
+        200
+    );
+    expect_error(
+        app.post_with_cookie("/api/v1/auth/refresh", Some(&session.refresh_cookie))
+            .await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    expect_error(
+        app.get_authed("/api/v1/auth/me", &session.access_token)
+            .await,
+        401,
+        "invalid_token",
+    )
+    .await;
+
+    let out = run(
+        &dir,
+        &[
+            "user",
+            "reset-password",
+            "--email",
+            &address,
+            "--password",
+            "another one 123",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(app.login(&address, "another one 123").await.status(), 200);
+
+    for (args, code) in [
+        (
+            vec![
+                "user",
+                "reset-password",
+                "--email",
+                "nobody@example.com",
+                "--password",
+                PASSWORD,
+            ],
+            1,
+        ),
+        (
+            vec![
+                "user",
+                "reset-password",
+                "--email",
+                &address,
+                "--password",
+                "short",
+            ],
+            2,
+        ),
+        (vec!["user", "reset-password", "--email", &address], 2),
+        (
+            vec![
+                "user",
+                "reset-password",
+                "--email",
+                &address,
+                "--password",
+                PASSWORD,
+                "--password-stdin",
+            ],
+            2,
+        ),
+        (vec!["user", "verify"], 2),
+    ] {
+        let out = run(&dir, &args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(app.login(&address, "another one 123").await.status(), 200);
+}
+
 #[test]
 fn migrate_applies_and_reports_status() {
     let dir = tempfile::tempdir().unwrap();
