@@ -10,6 +10,7 @@
 //! run in it is answered with an error and the rest run in the next one (see `run_batch`).
 //! Readers run with WAL and never block the writer. No connection is held across an `.await`.
 
+pub mod backup;
 pub mod migrate;
 
 use std::collections::VecDeque;
