@@ -126,14 +126,7 @@ pub fn restore(db_path: &Path, from: &Path) -> anyhow::Result<Restored> {
 
     // 3. Keep the current database, then put the copy in its place in one rename.
     let previous = if current_exists {
-        let kept = keep_current(db_path, dir, &name)?;
-        if let Err(e) = fs::rename(&copy.path, db_path) {
-            let _ = fs::remove_file(&kept);
-            return Err(e).with_context(|| format!("cannot replace {}", db_path.display()));
-        }
-        // It holds password hashes; the name is now its only one.
-        let _ = set_private_mode(&kept);
-        Some(kept)
+        Some(replace_keeping(db_path, &copy.path, dir, &name)?)
     } else {
         fs::rename(&copy.path, db_path)
             .with_context(|| format!("cannot create {}", db_path.display()))?;
@@ -271,7 +264,7 @@ fn take_over(path: &Path) -> anyhow::Result<Option<String>> {
         Ok(_) => return Err(in_use()),
         Err(e) => match e.sqlite_error_code() {
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => return Err(in_use()),
-            // Nothing can be folded in; its log, if any, is kept beside it (`keep_current`).
+            // Nothing can be folded in; its log, if any, is kept beside it (`replace_keeping`).
             Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Some(e.to_string()),
             _ => {
                 return Err(e).with_context(|| {
@@ -288,9 +281,10 @@ fn take_over(path: &Path) -> anyhow::Result<Option<String>> {
 }
 
 /// Keeps the current database as `<name>.before-restore-<UTC time>` (a hard link, so the
-/// current name still holds it until the copy is renamed over it), together with its
-/// write-ahead log if one is left. Returns the kept path.
-fn keep_current(db_path: &Path, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+/// current name still holds it until the copy is renamed over it) together with its
+/// write-ahead log if one is left, then renames `copy` over `db_path`. Returns the kept path;
+/// on error the current database is where it was.
+fn replace_keeping(db_path: &Path, copy: &Path, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let stamp = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year][month][day]T[hour][minute][second]Z"
@@ -317,14 +311,26 @@ fn keep_current(db_path: &Path, dir: &Path, name: &str) -> anyhow::Result<PathBu
             }
         }
     }
-    // A log that could not be folded in belongs to the kept database, not to the new one.
+    // A log that could not be folded in (a damaged database) belongs to the kept file, and
+    // must not be read as the new file's.
     let wal = sidecar(db_path, "-wal");
-    if fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
-        fs::rename(&wal, sidecar(&kept, "-wal"))
-            .with_context(|| format!("cannot move {} aside", wal.display()))?;
+    let kept_wal = sidecar(&kept, "-wal");
+    let log_moved = fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+    if log_moved && let Err(e) = fs::rename(&wal, &kept_wal) {
+        let _ = fs::remove_file(&kept);
+        return Err(e).with_context(|| format!("cannot move {} aside", wal.display()));
+    }
+    if let Err(e) = fs::rename(copy, db_path) {
+        if log_moved {
+            let _ = fs::rename(&kept_wal, &wal);
+        }
+        let _ = fs::remove_file(&kept);
+        return Err(e).with_context(|| format!("cannot replace {}", db_path.display()));
     }
     let _ = fs::remove_file(&wal);
     let _ = fs::remove_file(sidecar(db_path, "-shm"));
+    // It holds password hashes; the name is now its only one.
+    let _ = set_private_mode(&kept);
     Ok(kept)
 }
 
