@@ -8,8 +8,9 @@ use anyhow::Context;
 use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::db::Db;
+use crate::jobs::{self, ws};
 use crate::llm::{self, LlmRouter};
-use crate::{jobs, mail, tools, ws};
+use crate::{mail, tools};
 
 /// Cheap to clone; every field is shared.
 #[derive(Clone)]

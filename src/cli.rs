@@ -1,4 +1,5 @@
-//! The command line of CONTRACT §1: `serve`, `migrate`, `user …`, `config check`, `backup`.
+//! The command line of CONTRACT §1: `serve`, `migrate`, `user …`, `config check`, `backup`,
+//! `restore`.
 //!
 //! Exit codes: 0 success, 1 failure (message on stderr), 2 usage error — clap's own errors
 //! and values that cannot be right whatever the database holds (a malformed email, `--raits 0`).
@@ -59,9 +60,16 @@ pub enum Command {
     Providers(ProvidersCommand),
     /// Write a consistent copy of the database, also while the server runs.
     Backup {
-        /// Destination file; must not exist yet.
+        /// Destination file; must not exist yet. Created 0600 (it holds password hashes).
         #[arg(long, value_name = "FILE")]
         to: PathBuf,
+    },
+    /// Replace the database with a backup; the server must be stopped. The current database
+    /// is kept beside it as `<name>.before-restore-<UTC time>`.
+    Restore {
+        /// A file written by `easy-writer backup`.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
     },
 }
 
@@ -230,7 +238,8 @@ async fn run(command: Command, loaded: config::Loaded) -> Outcome {
         }
         Command::Providers(ProvidersCommand::Check) => check_providers(&loaded.config).await,
         Command::Tools(ToolsCommand::Check) => check_tools(&loaded.config),
-        Command::Backup { to } => backup(&loaded.config, &to).await,
+        Command::Backup { to } => backup(&loaded.config, &to),
+        Command::Restore { from } => restore(&loaded.config, &from),
     }
 }
 
@@ -547,20 +556,30 @@ async fn reset_password(args: ResetPassword, config: &Config) -> Outcome {
     Ok(())
 }
 
-async fn backup(config: &Config, to: &std::path::Path) -> Outcome {
-    if to.exists() {
-        return Err(anyhow!("{} already exists", to.display()).into());
-    }
-    let path = config.server.database_path();
-    if !path.exists() {
-        return Err(anyhow!("no database at {}", path.display()).into());
-    }
-    let conn = db::connect(&path)?;
-    let target = to.to_string_lossy().into_owned();
-    conn.execute("vacuum into ?1", [&target])
-        .map_err(db::Error::from)
-        .with_context(|| format!("cannot write backup to {}", to.display()))?;
+fn backup(config: &Config, to: &std::path::Path) -> Outcome {
+    db::backup::backup(&config.server.database_path(), to)?;
     println!("backup written to {}", to.display());
+    Ok(())
+}
+
+fn restore(config: &Config, from: &std::path::Path) -> Outcome {
+    let path = config.server.database_path();
+    let restored = db::backup::restore(&path, from)?;
+    println!(
+        "restored {} into {} (schema version {})",
+        from.display(),
+        path.display(),
+        restored.version
+    );
+    if restored.migrated_to != restored.version {
+        println!("migrated to schema version {}", restored.migrated_to);
+    }
+    if let Some(previous) = restored.previous {
+        println!("previous database kept as {}", previous.display());
+    }
+    if let Some(damage) = restored.replaced_damaged {
+        eprintln!("warning: the database it replaced was damaged ({damage})");
+    }
     Ok(())
 }
 

@@ -101,6 +101,9 @@ settings! {
     "FUSIONBRAIN_POLL_MS" => "fusionbrain"."poll_ms": Int,
     "FUSIONBRAIN_TIMEOUT_SECS" => "fusionbrain"."timeout_secs": Int,
     "FUSIONBRAIN_BASE_URL" => "fusionbrain"."base_url": Str,
+    "YANDEXART_MODEL" => "yandexart"."model": Str,
+    "YANDEXART_BASE_URL" => "yandexart"."base_url": Str,
+    "EASY_WRITER_IMAGE_PROVIDER_ORDER" => "images"."image_provider_order": List,
     "UPSCALE_API_KEY" => "upscale"."api_key": Str,
     "UPSCALE_API_URL" => "upscale"."api_url": Str,
     "GOOGLE_CLIENT_ID" => "google"."client_id": Str,
@@ -229,6 +232,8 @@ pub struct Config {
     pub gigachat: GigaChat,
     pub yandexgpt: YandexGpt,
     pub fusionbrain: FusionBrain,
+    pub yandexart: YandexArt,
+    pub images: Images,
     pub upscale: Upscale,
     pub google: OAuthClient,
     pub yandex: OAuthClient,
@@ -523,6 +528,39 @@ impl Default for FusionBrain {
     }
 }
 
+/// Yandex ART, the image fallback; it signs in with the YandexGPT credentials.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct YandexArt {
+    pub model: String,
+    pub base_url: String,
+}
+
+impl Default for YandexArt {
+    fn default() -> Self {
+        YandexArt {
+            model: "yandex-art/latest".into(),
+            base_url: "https://llm.api.cloud.yandex.net".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Images {
+    /// Image providers in order of preference.
+    #[serde(deserialize_with = "list")]
+    pub image_provider_order: Vec<String>,
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        Images {
+            image_provider_order: vec!["kandinsky".into(), "yandexart".into()],
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upscale {
@@ -801,6 +839,15 @@ impl Config {
                     "llm",
                     "provider_order",
                     &format!("unknown provider {name:?} (gigachat, yandexgpt, openai)"),
+                ));
+            }
+        }
+        for name in &self.images.image_provider_order {
+            if !matches!(name.as_str(), "kandinsky" | "yandexart") {
+                return Err(invalid(
+                    "images",
+                    "image_provider_order",
+                    &format!("unknown image provider {name:?} (kandinsky, yandexart)"),
                 ));
             }
         }

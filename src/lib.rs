@@ -38,5 +38,3 @@ pub mod timestamp;
 pub mod tools;
 /// User accounts.
 pub mod users;
-/// WebSockets: watching a generation or an image (CONTRACT §5).
-pub mod ws;

@@ -22,9 +22,10 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::app::AppState;
 use crate::error::{self, ApiError};
+use crate::jobs::{self, ws};
 use crate::request::BODY_LIMIT;
 use crate::request::ClientIp;
-use crate::{auth, db, generation, tools, users, ws};
+use crate::{auth, db, generation, tools, users};
 
 /// Where the OpenAPI document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -164,7 +165,14 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    if let Err(e) = generation::run::recover(&state).await {
+    let generations = generation::run::Recovery {
+        deps: generation::run::Deps {
+            db: state.db.clone(),
+            llm: state.llm.clone(),
+        },
+        tools: state.tools.clone(),
+    };
+    if let Err(e) = jobs::work::recover(&state.jobs, &[&generations]).await {
         return Err(std::io::Error::other(format!(
             "cannot recover interrupted generations: {e:#}"
         )));

@@ -6,10 +6,14 @@
 //! transaction halfway), committed with `synchronous=FULL` before any caller hears back. Writes
 //! that queue up while a commit is on disk share the next transaction, each in its own
 //! savepoint (group commit): a failing write is rolled back alone, and one fsync serves many.
+//! If SQLite rolls the shared transaction back by itself (disk full, I/O error), every write
+//! run in it is answered with an error and the rest run in the next one (see `run_batch`).
 //! Readers run with WAL and never block the writer. No connection is held across an `.await`.
 
+pub mod backup;
 pub mod migrate;
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,10 +58,18 @@ impl Error {
 }
 
 /// A queued write: runs inside the batch's transaction (`None`: no transaction could be
-/// begun, so it must not run) and returns what to do once the transaction's fate is known.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Settle + Send>;
-/// Delivers a job's result: `Ok` when the batch committed, else the commit's error.
-type Settle = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+/// begun, so it must not run) and hands back what to do once the transaction's fate is known.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Ran + Send>;
+/// Delivers a job's result: `Ok` when the batch committed, else why its changes are gone.
+type Settle = Box<dyn FnOnce(Result<(), &str>) + Send>;
+
+/// A write that has run, waiting for its transaction's fate.
+struct Ran {
+    settle: Settle,
+    /// False when its savepoint could not be closed (a failed `rollback to` or `release`): the
+    /// transaction then holds changes its caller is told were undone, so it must not commit.
+    closed: bool,
+}
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
@@ -119,7 +131,8 @@ impl Db {
     /// Runs `f` inside a write transaction (its own savepoint of a possibly shared
     /// `IMMEDIATE` transaction). `Ok` keeps its changes, `Err` rolls them back; either way the
     /// result arrives only after the transaction is durably committed (`synchronous=FULL`).
-    /// A panic in `f` rolls its changes back and is re-raised here.
+    /// A panic in `f` rolls its changes back and is re-raised here. `f` must not end the
+    /// transaction itself (`commit`, `rollback`, `release` of a savepoint it did not open).
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
@@ -129,23 +142,25 @@ impl Db {
         let (tx, rx) = tokio::sync::oneshot::channel::<std::thread::Result<Result<T, E>>>();
         let span = tracing::Span::current();
         let job: Job = Box::new(move |conn: Option<&Connection>| {
-            let outcome = match conn {
+            let (outcome, closed) = match conn {
                 Some(conn) => span.in_scope(|| in_savepoint(conn, f)),
-                None => Ok(Err(Error::Task(
-                    "could not begin a write transaction".into(),
-                )
-                .into())),
+                None => (
+                    Ok(Err(Error::Task(
+                        "could not begin a write transaction".into(),
+                    )
+                    .into())),
+                    true,
+                ),
             };
-            Box::new(move |commit: Result<(), &rusqlite::Error>| {
-                let outcome = match (outcome, commit) {
+            let settle: Settle = Box::new(move |fate: Result<(), &str>| {
+                let outcome = match (outcome, fate) {
                     (Ok(Ok(value)), Ok(())) => Ok(Ok(value)),
-                    (Ok(Ok(_)), Err(e)) => {
-                        Ok(Err(Error::Task(format!("commit failed: {e}")).into()))
-                    }
+                    (Ok(Ok(_)), Err(why)) => Ok(Err(Error::Task(why.to_owned()).into())),
                     (other, _) => other,
                 };
                 let _ = tx.send(outcome);
-            })
+            });
+            Ran { settle, closed }
         });
         self.writes
             .send(job)
@@ -159,51 +174,124 @@ impl Db {
 }
 
 /// Runs one write in a savepoint of the open transaction, keeping or undoing its changes.
-fn in_savepoint<T, E, F>(conn: &Connection, f: F) -> std::thread::Result<Result<T, E>>
+/// Also says whether the savepoint was closed as intended (see [`Ran::closed`]).
+fn in_savepoint<T, E, F>(conn: &Connection, f: F) -> (std::thread::Result<Result<T, E>>, bool)
 where
     F: FnOnce(&Connection) -> Result<T, E>,
     E: From<Error>,
 {
+    // Outside a transaction `savepoint` would begin one of its own and `release` commit it
+    // alone; the write loop never lets that happen, this is the last guard.
+    if conn.is_autocommit() {
+        let e = Error::Task("no write transaction is open".into());
+        return (Ok(Err(e.into())), true);
+    }
     if let Err(e) = conn.execute_batch("savepoint write") {
-        return Ok(Err(Error::from(e).into()));
+        return (Ok(Err(Error::from(e).into())), true);
     }
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)));
+    if conn.is_autocommit() {
+        // SQLite rolled the whole transaction back, this savepoint with it; the write loop
+        // sees the same and answers the batch.
+        return (outcome, true);
+    }
     let close = match &outcome {
         Ok(Ok(_)) => conn.execute_batch("release write"),
         _ => conn.execute_batch("rollback to write; release write"),
     };
     match (outcome, close) {
-        (Ok(Ok(_)), Err(e)) => Ok(Err(Error::from(e).into())),
-        (outcome, _) => outcome,
+        (outcome, Ok(())) => (outcome, true),
+        (Ok(Ok(_)), Err(e)) => (Ok(Err(Error::from(e).into())), false),
+        (outcome, Err(_)) => (outcome, false),
     }
 }
 
-/// The writer thread: takes every write that is waiting, runs them in one transaction, commits
-/// once, then answers each. Ends when the last `Db` handle is dropped.
+/// The writer thread: takes every write that is waiting (after any carried over), runs them in
+/// one transaction, commits once, then answers each. Ends when the last `Db` handle is dropped
+/// and nothing is left to run.
 fn write_loop(conn: Connection, queue: &crossbeam_channel::Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
+    let mut carried = VecDeque::new();
+    loop {
+        let mut batch = std::mem::take(&mut carried);
+        if batch.is_empty() {
+            match queue.recv() {
+                Ok(job) => batch.push_back(job),
+                Err(_) => return,
+            }
+        }
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => batch.push_back(job),
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("begin immediate") {
-            tracing::error!(error = %e, "cannot begin a write transaction");
-            for job in batch {
-                job(None)(Err(&e));
-            }
+        carried = run_batch(&conn, batch);
+    }
+}
+
+/// Runs one batch in one `IMMEDIATE` transaction and answers every write that ran. Returns the
+/// writes that did not run because the transaction was lost under them.
+///
+/// SQLite may roll a whole transaction back by itself (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM
+/// …: "Response To Errors Within A Transaction" in its docs); a savepoint that cannot be undone
+/// forces us to. Either way every write run so far in the batch is lost and answered so, and
+/// none of the rest may run now: with no transaction open, each statement would commit alone.
+/// They are carried into the next transaction rather than failed: they never touched the
+/// database, and failing them would turn one write's disk-full error into errors for callers
+/// that had nothing to do with it. Each lost batch answers at least the write during which
+/// it was lost, so carrying always ends.
+fn run_batch(conn: &Connection, mut batch: VecDeque<Job>) -> VecDeque<Job> {
+    end_transaction(conn);
+    if let Err(e) = conn.execute_batch("begin immediate") {
+        tracing::error!(error = %e, "cannot begin a write transaction");
+        let why = format!("could not begin a write transaction: {e}");
+        for job in batch {
+            (job(None).settle)(Err(&why));
+        }
+        return VecDeque::new();
+    }
+    let mut ran = Vec::with_capacity(batch.len());
+    while let Some(job) = batch.pop_front() {
+        let Ran { settle, closed } = job(Some(conn));
+        ran.push(settle);
+        let why = if conn.is_autocommit() {
+            "SQLite rolled the write transaction back after an error (disk full, I/O error or \
+             the like); this write was lost with it"
+        } else if !closed {
+            "a write in the same transaction could not be undone, so the transaction was \
+             rolled back; this write was lost with it"
+        } else {
             continue;
+        };
+        end_transaction(conn);
+        tracing::error!(
+            lost = ran.len(),
+            carried = batch.len(),
+            "write transaction lost; its writes are answered with an error"
+        );
+        for settle in ran {
+            settle(Err(why));
         }
-        let settles: Vec<Settle> = batch.into_iter().map(|job| job(Some(&conn))).collect();
-        let committed = conn.execute_batch("commit");
-        if committed.is_err() {
-            let _ = conn.execute_batch("rollback");
-        }
-        for settle in settles {
-            settle(committed.as_ref().map(|_| ()));
-        }
+        return batch;
+    }
+    let committed = conn.execute_batch("commit").map_err(|e| {
+        tracing::error!(error = %e, "commit failed");
+        end_transaction(conn);
+        format!("commit failed: {e}")
+    });
+    for settle in ran {
+        settle(committed.as_ref().map(|_| ()).map_err(String::as_str));
+    }
+    VecDeque::new()
+}
+
+/// Rolls back whatever transaction is still open (after a failed commit or a lost savepoint),
+/// so the next batch can begin.
+fn end_transaction(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("rollback")
+    {
+        tracing::error!(error = %e, "cannot roll back the write transaction");
     }
 }
 
@@ -328,5 +416,201 @@ mod tests {
         assert_eq!(count(&db).await, 0);
         db.write(|c| insert(c, "ok@x.io")).await.unwrap();
         assert_eq!(count(&db).await, 1);
+    }
+
+    type BoxedWrite = Box<dyn FnOnce(&Connection) -> Result<(), Error> + Send>;
+
+    /// Creates the `blobs` table the batch tests fill.
+    async fn blobs(db: &Db) {
+        db.write(|c| {
+            c.execute_batch("create table blobs (id integer primary key, data blob not null)")?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Runs `setup` on the writer and keeps the writer busy until `writes` have been queued
+    /// behind it, so they all share the next batch, in the order given.
+    async fn one_batch<F>(
+        db: &Db,
+        setup: impl FnOnce(&Connection) -> Result<(), Error> + Send + 'static,
+        writes: Vec<F>,
+    ) -> Vec<Result<(), Error>>
+    where
+        F: FnOnce(&Connection) -> Result<(), Error> + Send + 'static,
+    {
+        let (started, is_running) = tokio::sync::oneshot::channel::<()>();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let hold = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(move |c| {
+                    setup(c)?;
+                    let _ = started.send(());
+                    let _ = held.recv();
+                    Ok::<_, Error>(())
+                })
+                .await
+            })
+        };
+        is_running.await.unwrap();
+        let mut tasks = Vec::new();
+        for (queued, f) in writes.into_iter().enumerate() {
+            let db2 = db.clone();
+            tasks.push(tokio::spawn(async move { db2.write(f).await }));
+            while db.writes.len() <= queued {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        release.send(()).unwrap();
+        hold.await.unwrap().unwrap();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    }
+
+    async fn blob_ids(db: &Db) -> Vec<i64> {
+        db.read(|c| {
+            let mut stmt = c.prepare("select id from blobs order by id")?;
+            let ids = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok::<_, Error>(ids)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disk_full_rollback_mid_batch_loses_no_answer_and_commits_nothing_alone() {
+        let (_dir, db) = db();
+        blobs(&db).await;
+        // A full disk, made portable: the writer may grow the file by 12 pages only. SQLite
+        // answers a single-row insert that needs a 13th page with SQLITE_FULL and, having no
+        // statement journal for it, rolls the whole transaction back (sqlite3VdbeHalt).
+        let setup = |c: &Connection| {
+            let pages: i64 = c.query_row("pragma page_count", [], |r| r.get(0))?;
+            c.pragma_update(None, "max_page_count", pages + 12)?;
+            Ok(())
+        };
+        let writes = (0..40i64)
+            .map(|i| {
+                move |c: &Connection| {
+                    c.execute(
+                        "insert into blobs (id, data) values (?1, zeroblob(3000))",
+                        [i],
+                    )?;
+                    Ok(())
+                }
+            })
+            .collect();
+        let results = one_batch(&db, setup, writes).await;
+        let ids = blob_ids(&db).await;
+        // Every answer is the truth: Ok ⇔ the row is there.
+        for (i, result) in results.iter().enumerate() {
+            assert_eq!(
+                result.is_ok(),
+                ids.contains(&(i as i64)),
+                "write {i} answered {result:?}, committed ids {ids:?}"
+            );
+        }
+        let full = results
+            .iter()
+            .filter(|r| {
+                r.as_ref()
+                    .is_err_and(|e| e.to_string() == "database or disk is full")
+            })
+            .count();
+        assert!(full >= 1, "no write hit the page limit: {results:?}");
+        let lost = results
+            .iter()
+            .filter(|r| {
+                r.as_ref()
+                    .is_err_and(|e| e.to_string().contains("was lost"))
+            })
+            .count();
+        assert!(lost >= 1, "no write was lost with its batch: {results:?}");
+        // The writer is still usable once there is room again.
+        db.write(|c| {
+            c.pragma_update(None, "max_page_count", 1_000_000)?;
+            c.execute("insert into blobs (id, data) values (1000, x'00')", [])?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+        assert!(blob_ids(&db).await.contains(&1000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_sqlite_rolls_the_batch_back_earlier_writes_fail_and_later_ones_run_in_a_new_transaction()
+     {
+        let (_dir, db) = db();
+        blobs(&db).await;
+        let insert = |id: i64| {
+            move |c: &Connection| {
+                c.execute("insert into blobs (id, data) values (?1, x'00')", [id])?;
+                Ok::<_, Error>(())
+            }
+        };
+        // `or rollback` makes a constraint failure end the whole transaction, as SQLite does
+        // by itself on SQLITE_FULL or SQLITE_IOERR.
+        let rolls_back = |swallow: bool| {
+            move |c: &Connection| {
+                c.execute("insert into blobs (id, data) values (100, x'00')", [])?;
+                let again = c.execute(
+                    "insert or rollback into blobs (id, data) values (100, x'00')",
+                    [],
+                );
+                if swallow {
+                    // A write that ignores the error and says Ok must not be believed.
+                    return Ok(());
+                }
+                again?;
+                Ok(())
+            }
+        };
+        let writes: Vec<BoxedWrite> = vec![
+            Box::new(insert(1)),
+            Box::new(rolls_back(false)),
+            Box::new(insert(2)),
+            Box::new(insert(3)),
+            Box::new(rolls_back(true)),
+            Box::new(insert(4)),
+        ];
+        let results = one_batch(&db, |_| Ok(()), writes).await;
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, [false, false, false, false, false, true], "{results:?}");
+        assert_eq!(blob_ids(&db).await, [4]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_whose_savepoint_cannot_be_undone_takes_its_batch_down_not_the_next() {
+        let (_dir, db) = db();
+        blobs(&db).await;
+        let insert = |id: i64| {
+            move |c: &Connection| {
+                c.execute("insert into blobs (id, data) values (?1, x'00')", [id])?;
+                Ok::<_, Error>(())
+            }
+        };
+        // Releasing the writer's savepoint merges the write into the transaction, so the
+        // writer's `rollback to` fails; committing would keep a write reported as failed.
+        let unreleasable = |c: &Connection| {
+            c.execute("insert into blobs (id, data) values (100, x'00')", [])?;
+            c.execute_batch("release write")?;
+            Err(Error::Task("refused after its changes".into()))
+        };
+        let writes: Vec<BoxedWrite> = vec![
+            Box::new(insert(1)),
+            Box::new(unreleasable),
+            Box::new(insert(2)),
+        ];
+        let results = one_batch(&db, |_| Ok(()), writes).await;
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, [false, false, true], "{results:?}");
+        assert_eq!(blob_ids(&db).await, [2]);
     }
 }

@@ -43,6 +43,16 @@ pub struct SessionError {
 }
 
 impl Session {
+    /// The answer a settled quick run gives (and replays for its `Idempotency-Key`): `200`
+    /// with the session, or `503` with [`failure_body`](Session::failure_body).
+    pub fn answer(&self) -> (u16, String) {
+        if self.error.is_none() {
+            (200, serde_json::to_string(self).unwrap_or_default())
+        } else {
+            (503, self.failure_body())
+        }
+    }
+
     /// The `503` body a failed quick run answers with: the contract's error shape plus the
     /// session, so the client can show what happened and that the raits came back. Stored
     /// for its `Idempotency-Key` too, also when start-up recovery fails the run.

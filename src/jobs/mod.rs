@@ -9,6 +9,8 @@
 //! and refund themselves.
 
 pub mod hub;
+pub mod work;
+pub mod ws;
 
 use std::future::Future;
 use std::sync::Arc;

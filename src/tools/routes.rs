@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -23,7 +24,7 @@ use crate::auth::extract::CurrentUser;
 use crate::billing;
 use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::generation::Session;
-use crate::generation::run;
+use crate::generation::run::{self, Generation};
 use crate::generation::store::{self as sessions, NewSession};
 use crate::idempotency::{self, Claim};
 use crate::request::AppJson;
@@ -363,18 +364,20 @@ async fn paid_run(
         Err(e) => return Err(ApiError::internal(&e)),
     };
 
+    let generation = Generation {
+        deps: run::Deps {
+            db: state.db.clone(),
+            llm: state.llm.clone(),
+        },
+        session_id: session.id.clone(),
+        user_id,
+        tool,
+        mode,
+        input,
+    };
     if mode == Mode::Standard {
-        let session_id = session.id.clone();
-        run::enqueue(
-            &state,
-            run::Job {
-                session_id: session.id,
-                user_id,
-                tool,
-                input,
-            },
-        );
-        let location = format!("/api/v1/generation/sessions/{session_id}");
+        state.jobs.enqueue(generation);
+        let location = format!("/api/v1/generation/sessions/{}", session.id);
         return Ok((
             StatusCode::ACCEPTED,
             [
@@ -384,31 +387,19 @@ async fn paid_run(
                 ),
                 (axum::http::header::LOCATION, location),
             ],
-            accepted_body(&session_id),
+            accepted_body(&session.id),
         )
             .into_response());
     }
 
     // Transaction 2, after the provider call: the result, or the failure with its refund,
     // and the answer a retry with the same key will get.
-    let key_owner = user_id.clone();
-    let settled = run::quick(&state, &user_id, &tool, &session, move |tx, session| {
-        let (status, body) = if session.status == "completed" {
-            (
-                StatusCode::OK,
-                serde_json::to_string(session).unwrap_or_default(),
-            )
-        } else {
-            (StatusCode::SERVICE_UNAVAILABLE, session.failure_body())
-        };
-        if let Some(key) = &key {
-            idempotency::finish(tx, &key_owner, key, status.as_u16(), &body)?;
+    let deadline = Duration::from_secs(state.config.llm.quick_deadline_secs.max(1));
+    match state.jobs.run_now(generation, deadline).await {
+        Ok(session) => {
+            let (status, body) = session.answer();
+            Ok(replay(status, body))
         }
-        Ok((status, body))
-    })
-    .await;
-    match settled {
-        Ok((_, (status, body))) => Ok(replay(status.as_u16(), body)),
         Err(e) => Err(ApiError::internal(&e)),
     }
 }

@@ -16,6 +16,7 @@ mod oauth;
 mod openai;
 mod persistence;
 mod proxy;
+mod restore;
 mod router;
 mod tools;
 mod yandexgpt;

@@ -20,11 +20,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Handle;
+use super::hub::{Event, Subscription};
 use crate::app::AppState;
 use crate::auth::extract::authenticate;
 use crate::generation::{run, store};
-use crate::jobs::Handle;
-use crate::jobs::hub::{Event, Subscription};
 
 /// Close codes of CONTRACT §5.
 const UNAUTHORIZED: u16 = 4401;
