@@ -1,12 +1,19 @@
 //! `Idempotency-Key` for POSTs that cost money (CONTRACT §3): the same key from the same user
 //! within 24 hours gets the first answer again and is charged nothing.
 //!
-//! The key is claimed in the same transaction as the debit, so a claim exists exactly when the
-//! money was taken; the final answer is stored in the transaction that settles the work.
+//! The key is claimed in the same transaction as the debit ([`open_paid`]), so a claim exists
+//! exactly when the money was taken; the final answer is stored in the transaction that
+//! settles the work, or at once for a queued job's `202`.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::billing;
+use crate::db::Db;
+use crate::error::{ApiError, FieldError};
 use crate::{db, timestamp};
 
 /// How long a key is remembered.
@@ -119,4 +126,107 @@ pub fn finish(
     )?
     .execute(params![user_id, key, status, body, timestamp::now()])?;
     Ok(())
+}
+
+/// Paid work just opened in [`open_paid`]'s transaction.
+pub struct Paid<T> {
+    /// The opened row.
+    pub row: T,
+    /// Its id, which the key records.
+    pub work_id: String,
+    /// For queued work: the answer (`202`) the caller gets now, stored for the key at once.
+    pub accepted: Option<(u16, String)>,
+}
+
+/// What opening paid work under an optional key gave.
+pub enum Opened<T> {
+    /// Opened and paid for: run it.
+    Fresh(T),
+    /// The key was used before: its stored answer, sent again; nothing was charged.
+    Answer(Response),
+}
+
+/// Opens paid work in one write: claims `key` (when given) for `user_id` and this request's
+/// `hash`, runs `open` (the row and its `spend`), records the work on the key, and stores a
+/// queued job's answer. A replayed key answers its first response; a key still running or
+/// used for another request is `409`; a short balance is `402` — each changing nothing.
+pub async fn open_paid<T, F>(
+    db: &Db,
+    user_id: &str,
+    key: Option<String>,
+    hash: String,
+    open: F,
+) -> Result<Opened<T>, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<Paid<T>, billing::Error> + Send + 'static,
+{
+    enum Step<T> {
+        Paid(T),
+        Claimed(Claim),
+    }
+    let user_id = user_id.to_owned();
+    let step = db
+        .write(move |tx| {
+            if let Some(key) = &key {
+                match claim(tx, &user_id, key, &hash)? {
+                    Claim::Fresh => {}
+                    other => return Ok(Step::Claimed(other)),
+                }
+            }
+            let paid = open(tx)?;
+            if let Some(key) = &key {
+                attach(tx, &user_id, key, &paid.work_id)?;
+                if let Some((status, body)) = &paid.accepted {
+                    finish(tx, &user_id, key, *status, body)?;
+                }
+            }
+            Ok::<_, billing::Error>(Step::Paid(paid.row))
+        })
+        .await;
+    match step {
+        Ok(Step::Paid(row)) => Ok(Opened::Fresh(row)),
+        Ok(Step::Claimed(Claim::Replay { status, body })) => {
+            Ok(Opened::Answer(answer(status, body)))
+        }
+        Ok(Step::Claimed(Claim::InFlight)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            "A request with this Idempotency-Key is still running",
+        )),
+        Ok(Step::Claimed(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            "This Idempotency-Key was used for a different request",
+        )),
+        Err(billing::Error::InsufficientBalance { required, balance }) => Err(ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_balance",
+            format!("Not enough raits: {required} required, {balance} available"),
+        )
+        .with("required", required)
+        .with("balance", balance)),
+        Err(e) => Err(ApiError::internal(&e)),
+    }
+}
+
+/// A stored (or fresh) JSON answer.
+pub fn answer(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The `Idempotency-Key` header, if sent: 1–255 visible ASCII characters (`422` otherwise).
+pub fn key_from(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str().map(str::trim) {
+        Ok(key) if !key.is_empty() && key.len() <= KEY_MAX => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::validation(vec![FieldError {
+            loc: vec!["header".into(), "Idempotency-Key".into()],
+            msg: format!("must be 1–{KEY_MAX} visible ASCII characters"),
+            kind: "value_error".into(),
+        }])),
+    }
 }

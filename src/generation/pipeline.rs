@@ -36,13 +36,38 @@ pub enum Failure {
     Provider(ProviderId, llm::Error),
 }
 
+/// Runs every step; the result is the last step's text.
 pub async fn run(
     router: &llm::LlmRouter,
     tool: &Tool,
     input: &Value,
     watch: &Handle,
 ) -> Result<Produced, Failure> {
+    let steps = run_steps(router, tool, input, watch).await?;
+    Ok(Produced {
+        text: steps.outputs.into_iter().last().unwrap_or_default(),
+        provider: steps.provider,
+        tokens: steps.tokens,
+    })
+}
+
+/// What every step wrote, in order (a greeting card needs its text and its picture's prompt).
+pub struct Steps {
+    pub outputs: Vec<String>,
+    /// The provider of the last call.
+    pub provider: ProviderId,
+    pub tokens: u64,
+}
+
+/// Runs every step, keeping each one's text.
+pub async fn run_steps(
+    router: &llm::LlmRouter,
+    tool: &Tool,
+    input: &Value,
+    watch: &Handle,
+) -> Result<Steps, Failure> {
     let preferred = tool.preferred_provider();
+    let mut outputs: Vec<String> = Vec::with_capacity(tool.steps.len());
     let mut previous = String::new();
     let mut tokens = 0;
     let mut provider = preferred;
@@ -79,10 +104,11 @@ pub async fn run(
             out.text
         };
         watch.step_completed(number);
-        previous = text;
+        previous.clone_from(&text);
+        outputs.push(text);
     }
-    Ok(Produced {
-        text: previous,
+    Ok(Steps {
+        outputs,
         provider,
         tokens,
     })

@@ -21,12 +21,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::catalogue::{Mode, OutputFormat, Tool};
 use crate::app::AppState;
 use crate::auth::extract::CurrentUser;
-use crate::billing;
 use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::generation::Session;
 use crate::generation::run::{self, Generation};
 use crate::generation::store::{self as sessions, NewSession};
-use crate::idempotency::{self, Claim};
+use crate::idempotency::{self, Opened, Paid};
 use crate::request::AppJson;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -253,7 +252,7 @@ async fn execute(
             mode.as_str()
         ))
     })?;
-    let key = idempotency_key(&headers)?;
+    let key = idempotency::key_from(&headers)?;
     if state.llm.is_empty() {
         // Refused before the debit: nothing to refund, and the reason is said.
         return Err(ApiError::new(
@@ -287,81 +286,35 @@ async fn paid_run(
 ) -> Result<Response, ApiError> {
     // Transaction 1: the idempotency claim, the session and its debit (and, for a queued
     // job, the answer a retry will get).
+    let hash = idempotency::request_hash(&[&tool.id, mode.as_str(), &input.to_string()]);
     let opened = {
         let (user_id, tool_id, input) = (user_id.clone(), tool.id.clone(), input.clone());
         let description = format!("Генерация: {}", tool.name);
-        let key = key.clone();
-        state
-            .db
-            .write(move |tx| {
-                let hash =
-                    idempotency::request_hash(&[&tool_id, mode.as_str(), &input.to_string()]);
-                if let Some(key) = &key {
-                    match idempotency::claim(tx, &user_id, key, &hash)? {
-                        Claim::Fresh => {}
-                        other => return Ok(Opened::Claimed(other)),
-                    }
-                }
-                let session = sessions::open(
-                    tx,
-                    &NewSession {
-                        user_id: &user_id,
-                        tool_id: &tool_id,
-                        mode: mode.as_str(),
-                        status: if mode == Mode::Standard {
-                            "pending"
-                        } else {
-                            "in_progress"
-                        },
-                        input: &input,
-                        cost,
-                        description: &description,
-                    },
-                )?;
-                if let Some(key) = &key {
-                    idempotency::attach(tx, &user_id, key, &session.id)?;
-                }
-                if let (Some(key), Mode::Standard) = (&key, mode) {
-                    let accepted = accepted_body(&session.id);
-                    idempotency::finish(
-                        tx,
-                        &user_id,
-                        key,
-                        StatusCode::ACCEPTED.as_u16(),
-                        &accepted,
-                    )?;
-                }
-                Ok::<_, billing::Error>(Opened::Session(Box::new(session)))
+        let queued = mode == Mode::Standard || tool.is_image_tool();
+        idempotency::open_paid(&state.db, &user_id.clone(), key, hash, move |tx| {
+            let session = sessions::open(
+                tx,
+                &NewSession {
+                    user_id: &user_id,
+                    tool_id: &tool_id,
+                    mode: mode.as_str(),
+                    status: if queued { "pending" } else { "in_progress" },
+                    input: &input,
+                    cost,
+                    description: &description,
+                },
+            )?;
+            Ok(Paid {
+                work_id: session.id.clone(),
+                accepted: queued.then(|| (202, accepted_body(&session.id))),
+                row: session,
             })
-            .await
+        })
+        .await?
     };
     let session = match opened {
-        Ok(Opened::Session(session)) => *session,
-        Ok(Opened::Claimed(Claim::Replay { status, body })) => return Ok(replay(status, body)),
-        Ok(Opened::Claimed(Claim::InFlight)) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_conflict",
-                "A request with this Idempotency-Key is still running",
-            ));
-        }
-        Ok(Opened::Claimed(_)) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_conflict",
-                "This Idempotency-Key was used for a different request",
-            ));
-        }
-        Err(billing::Error::InsufficientBalance { required, balance }) => {
-            return Err(ApiError::new(
-                StatusCode::PAYMENT_REQUIRED,
-                "insufficient_balance",
-                format!("Not enough raits: {required} required, {balance} available"),
-            )
-            .with("required", required)
-            .with("balance", balance));
-        }
-        Err(e) => return Err(ApiError::internal(&e)),
+        Opened::Fresh(session) => session,
+        Opened::Answer(response) => return Ok(response),
     };
 
     let generation = Generation {
@@ -398,7 +351,7 @@ async fn paid_run(
     match state.jobs.run_now(generation, deadline).await {
         Ok(session) => {
             let (status, body) = session.answer();
-            Ok(replay(status, body))
+            Ok(idempotency::answer(status, body))
         }
         Err(e) => Err(ApiError::internal(&e)),
     }
@@ -412,37 +365,4 @@ fn accepted_body(session_id: &str) -> String {
         "ws_url": format!("/ws/generation/{session_id}"),
     })
     .to_string()
-}
-
-enum Opened {
-    Session(Box<Session>),
-    Claimed(Claim),
-}
-
-/// A stored (or fresh) JSON answer.
-fn replay(status: u16, body: String) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    (
-        status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    match value.to_str().map(str::trim) {
-        Ok(key) if !key.is_empty() && key.len() <= idempotency::KEY_MAX => Ok(Some(key.to_owned())),
-        _ => Err(ApiError::validation(vec![FieldError {
-            loc: vec!["header".into(), "Idempotency-Key".into()],
-            msg: format!(
-                "must be 1–{} visible ASCII characters",
-                idempotency::KEY_MAX
-            ),
-            kind: "value_error".into(),
-        }])),
-    }
 }
