@@ -343,7 +343,7 @@ impl Images {
         let progress = Progress::new(progress);
         let bytes = image.to_vec();
         let (source, bytes) = self
-            .pixels(move || pixels::decode(&bytes).map(|rgb| (rgb, bytes)))
+            .pixels(move || pixels::decode(&bytes, MAX_PIXELS).map(|rgb| (rgb, bytes)))
             .await?;
         progress.advance(10);
         let image = self
@@ -384,7 +384,7 @@ impl Images {
             let drawn = self
                 .retrying(id.as_str(), &mut attempts, || async move {
                     let bytes = provider.draw(request, size, part).await?;
-                    self.fit_answer(bytes, size).await
+                    self.fit_answer(bytes, pixels::MAX_DRAWN_PIXELS, size).await
                 })
                 .await;
             if let Some(image) = drawn {
@@ -423,7 +423,7 @@ impl Images {
             let upscaled = self
                 .retrying("upscale", &mut attempts, || async move {
                     let bytes = adapter.upscale(encoded, scale, part).await?;
-                    self.fit_answer(bytes, target).await
+                    self.fit_answer(bytes, MAX_PIXELS, target).await
                 })
                 .await;
             if let Some(upscaled) = upscaled {
@@ -445,11 +445,19 @@ impl Images {
         Ok(upscaled)
     }
 
-    /// Decodes a provider's answer and fits it to exactly `size`, on the blocking pool.
-    async fn fit_answer(&self, bytes: Vec<u8>, size: (u32, u32)) -> Result<Rgb, Failure> {
-        self.pixels(move || pixels::decode(&bytes).and_then(|rgb| pixels::fit(rgb, size.0, size.1)))
-            .await
-            .map_err(|e| Failure::Picture(e.to_string()))
+    /// Decodes a provider's answer (refusing one over `max_pixels`) and fits it to exactly
+    /// `size`, on the blocking pool.
+    async fn fit_answer(
+        &self,
+        bytes: Vec<u8>,
+        max_pixels: u64,
+        size: (u32, u32),
+    ) -> Result<Rgb, Failure> {
+        self.pixels(move || {
+            pixels::decode(&bytes, max_pixels).and_then(|rgb| pixels::fit(rgb, size.0, size.1))
+        })
+        .await
+        .map_err(|e| Failure::Picture(e.to_string()))
     }
 
     /// Runs `call` up to three times while it fails retryably (the text router's back-off,

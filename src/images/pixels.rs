@@ -14,6 +14,9 @@ use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageFormat, ImageReader, 
 /// product needs (print, 2048×2048, upscaled 4× again). An answer claiming more is refused
 /// from its header alone.
 pub const MAX_PIXELS: u64 = 8192 * 8192;
+/// The largest picture a drawing provider may answer with (they draw about 1024 px a side);
+/// only the upscale service's answers may reach [`MAX_PIXELS`].
+pub const MAX_DRAWN_PIXELS: u64 = 4096 * 4096;
 /// The longest side accepted, whatever the pixel count.
 const MAX_SIDE: u32 = 16_384;
 
@@ -44,22 +47,29 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
 }
 
 /// Decodes a PNG or JPEG to RGB. The dimensions in the header are checked against
-/// [`MAX_PIXELS`] before the pixels are decoded, and the decoder's own allocation limit is set,
-/// so a hostile answer cannot make this allocate more than one maximal image.
-pub fn decode(bytes: &[u8]) -> Result<Rgb, Bad> {
+/// `max_pixels` (at most [`MAX_PIXELS`]) before the pixels are decoded, and the decoder's own
+/// allocation limit is set, so a hostile answer cannot make this allocate more than one image
+/// of that size.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Rgb, Bad> {
+    let max_pixels = max_pixels.min(MAX_PIXELS);
     let format = sniff(bytes).ok_or_else(|| Bad("the answer is not a PNG or JPEG image".into()))?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     // RGBA at the largest size, the most a decoder needs for its output.
-    limits.max_alloc = Some(MAX_PIXELS * 4);
+    limits.max_alloc = Some(max_pixels * 4);
     reader.limits(limits);
     let decoder = reader
         .into_decoder()
         .map_err(|e| Bad(format!("the image could not be read: {e}")))?;
     let (width, height) = decoder.dimensions();
     check_size(width, height)?;
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(Bad(format!(
+            "the image is too large ({width}×{height}, at most {max_pixels} pixels here)"
+        )));
+    }
     let image = DynamicImage::from_decoder(decoder)
         .map_err(|e| Bad(format!("the image could not be decoded: {e}")))?;
     let rgb = image.into_rgb8();
@@ -142,7 +152,7 @@ mod tests {
     fn png_round_trip_keeps_size() {
         let png = encode_png(&gradient(40, 30)).unwrap();
         assert_eq!(sniff(&png), Some(ImageFormat::Png));
-        let back = decode(&png).unwrap();
+        let back = decode(&png, MAX_PIXELS).unwrap();
         assert_eq!((back.width, back.height), (40, 30));
         assert_eq!(back.data.len(), 40 * 30 * 3);
     }
@@ -158,10 +168,14 @@ mod tests {
 
     #[test]
     fn garbage_and_unknown_formats_are_refused() {
-        assert!(decode(b"").is_err());
-        assert!(decode(b"GIF89a....").is_err());
-        assert!(decode(b"\x89PNG\r\n\x1a\nnot really").is_err());
-        assert!(decode(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0]).is_err());
+        for bytes in [
+            &b""[..],
+            b"GIF89a....",
+            b"\x89PNG\r\n\x1a\nnot really",
+            &[0xFF, 0xD8, 0xFF, 0xE0, 0, 0],
+        ] {
+            assert!(decode(bytes, MAX_PIXELS).is_err());
+        }
     }
 
     /// A PNG header claiming 100 000 × 100 000 pixels is refused before any pixel buffer exists.
@@ -175,11 +189,18 @@ mod tests {
         png.extend_from_slice(&13u32.to_be_bytes());
         png.extend_from_slice(&ihdr);
         png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-        let error = decode(&png).err().expect("refused");
+        let error = decode(&png, MAX_PIXELS).err().expect("refused");
         assert!(
             error.0.contains("too large") || error.0.contains("limit"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_drawing_is_held_to_the_smaller_limit() {
+        let png = encode_png(&gradient(64, 64)).unwrap();
+        assert!(decode(&png, 64 * 64).is_ok());
+        assert!(decode(&png, 64 * 63).is_err());
     }
 
     #[test]
