@@ -20,6 +20,8 @@ pub mod error;
 pub mod generation;
 /// `Idempotency-Key` handling for paid POSTs.
 pub mod idempotency;
+/// Pictures from prompts: image providers, formats, upscaling.
+pub mod images;
 /// The job runner and the hub where watchers follow jobs.
 pub mod jobs;
 /// AI text generation: providers, router, metrics.

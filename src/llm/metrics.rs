@@ -1,5 +1,7 @@
 //! Per-provider metrics: requests by outcome, latency, tokens — exposed at `GET /metrics` in
-//! Prometheus text format (CONTRACT §3) with names prefixed `easy_writer_`.
+//! Prometheus text format (CONTRACT §3) with names prefixed `easy_writer_`. Image providers
+//! (`images`) record their calls here too, in their own `easy_writer_image_…` families, so one
+//! registry renders everything; this module knows them only as label values.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -31,21 +33,29 @@ struct Tokens {
     kind: String,
 }
 
-/// The LLM metrics and the registry that renders them.
+/// The LLM and image provider metrics and the registry that renders them.
 pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<Outcome, Counter>,
     duration: Family<Provider, Histogram>,
     tokens: Family<Tokens, Counter>,
+    image_requests: Family<Outcome, Counter>,
+    image_duration: Family<Provider, Histogram>,
 }
+
+/// Latency buckets in seconds; an image job polls for up to minutes.
+const BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 90.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
         let requests = Family::<Outcome, Counter>::default();
-        let duration = Family::<Provider, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 90.0,
-            ])
+        let duration =
+            Family::<Provider, Histogram>::new_with_constructor(|| Histogram::new(BUCKETS));
+        let image_requests = Family::<Outcome, Counter>::default();
+        let image_duration = Family::<Provider, Histogram>::new_with_constructor(|| {
+            Histogram::new(BUCKETS.into_iter().chain([120.0, 180.0]))
         });
         let tokens = Family::<Tokens, Counter>::default();
         let mut registry = Registry::with_prefix("easy_writer");
@@ -60,11 +70,23 @@ impl Default for Metrics {
             duration.clone(),
         );
         registry.register("llm_tokens", "Tokens used, by kind", tokens.clone());
+        registry.register(
+            "image_requests",
+            "Image provider calls (attempts, polling included) by outcome",
+            image_requests.clone(),
+        );
+        registry.register(
+            "image_request_duration_seconds",
+            "Image provider call latency, polling included",
+            image_duration.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
             duration,
             tokens,
+            image_requests,
+            image_duration,
         }
     }
 }
@@ -81,6 +103,22 @@ impl Metrics {
         self.duration
             .get_or_create(&Provider {
                 provider: provider.as_str().into(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one image provider call (`provider` is its configuration name, `outcome` `ok` or
+    /// the failure class).
+    pub fn record_image(&self, provider: &str, outcome: &str, elapsed: Duration) {
+        self.image_requests
+            .get_or_create(&Outcome {
+                provider: provider.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.image_duration
+            .get_or_create(&Provider {
+                provider: provider.into(),
             })
             .observe(elapsed.as_secs_f64());
     }

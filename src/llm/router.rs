@@ -33,6 +33,25 @@ pub fn preferred_for(tab: &str, tool: &str) -> ProviderId {
     }
 }
 
+/// How long to wait before attempt `next` (2 or 3) after `error`, or `None` to move on: 1 and
+/// 2 units of `retry_base`, never before a 429's `Retry-After`, and not at all for a failure
+/// that is not retryable or a `Retry-After` over [`MAX_RETRY_AFTER`]. Image providers share it.
+pub fn backoff(retry_base: Duration, next: u32, error: &Error) -> Option<Duration> {
+    if next > ATTEMPTS || !error.is_retryable() {
+        return None;
+    }
+    let base = retry_base * (next - 1);
+    match error {
+        Error::RateLimited {
+            retry_after: Some(after),
+        } if *after > MAX_RETRY_AFTER => None,
+        Error::RateLimited {
+            retry_after: Some(after),
+        } => Some(base.max(*after)),
+        _ => Some(base),
+    }
+}
+
 /// Router settings, from `[llm]` and the per-provider concurrency limits.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -235,21 +254,8 @@ impl LlmRouter {
         }
     }
 
-    /// How long to wait before attempt `next` (2 or 3) after `error`, or `None` to move on.
     fn backoff(&self, next: u32, error: &Error) -> Option<Duration> {
-        if next > ATTEMPTS || !error.is_retryable() {
-            return None;
-        }
-        let base = self.settings.retry_base * (next - 1);
-        match error {
-            Error::RateLimited {
-                retry_after: Some(after),
-            } if *after > MAX_RETRY_AFTER => None,
-            Error::RateLimited {
-                retry_after: Some(after),
-            } => Some(base.max(*after)),
-            _ => Some(base),
-        }
+        backoff(self.settings.retry_base, next, error)
     }
 
     /// Tries the providers in plan order, each up to [`ATTEMPTS`] times, until `call` succeeds.

@@ -39,43 +39,7 @@ impl Client {
     /// `timeout` is the longest wait for a byte (connect, first byte, or between stream chunks).
     /// An API key wins over an IAM token when both are set.
     pub fn new(cfg: &config::YandexGpt, timeout: Duration) -> Result<Client, Error> {
-        let folder_id = cfg
-            .folder_id
-            .as_deref()
-            .map(str::trim)
-            .filter(|f| !f.is_empty())
-            .ok_or_else(|| Error::NotConfigured("YANDEXGPT_FOLDER_ID is not set".into()))?
-            .to_owned();
-        let mut headers = HeaderMap::new();
-        match (&cfg.api_key, &cfg.iam_token) {
-            (Some(key), _) => {
-                headers.insert(
-                    AUTHORIZATION,
-                    credential("Api-Key", key, "YANDEXGPT_API_KEY")?,
-                );
-            }
-            (None, Some(token)) => {
-                headers.insert(
-                    AUTHORIZATION,
-                    credential("Bearer", token, "YANDEXGPT_IAM_TOKEN")?,
-                );
-                // A user's IAM token is not bound to a folder; a service account's is, and the
-                // header then names the same folder as `modelUri`.
-                let folder = HeaderValue::from_str(&folder_id).map_err(|_| {
-                    Error::NotConfigured("YANDEXGPT_FOLDER_ID is not a valid folder id".into())
-                })?;
-                headers.insert(HeaderName::from_static("x-folder-id"), folder);
-            }
-            (None, None) => {
-                return Err(Error::NotConfigured(
-                    "neither YANDEXGPT_API_KEY nor YANDEXGPT_IAM_TOKEN is set".into(),
-                ));
-            }
-        }
-        headers.insert(
-            HeaderName::from_static("x-data-logging-enabled"),
-            HeaderValue::from_static("false"),
-        );
+        let (headers, folder_id) = auth_headers(cfg)?;
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
             .read_timeout(timeout)
@@ -155,6 +119,51 @@ fn answered_by(uri: &str, folder_id: &str, version: &str) -> String {
     } else {
         format!("{path}@{version}")
     }
+}
+
+/// The headers every Yandex Foundation Models call carries — the credential (`Api-Key`, or an
+/// IAM `Bearer` token with `x-folder-id`) and the no-logging request — and the folder id that
+/// model URIs name. An API key wins over an IAM token when both are set. Yandex ART
+/// (`images::yandexart`) signs in with the same credentials through this function.
+pub(crate) fn auth_headers(cfg: &config::YandexGpt) -> Result<(HeaderMap, String), Error> {
+    let folder_id = cfg
+        .folder_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .ok_or_else(|| Error::NotConfigured("YANDEXGPT_FOLDER_ID is not set".into()))?
+        .to_owned();
+    let mut headers = HeaderMap::new();
+    match (&cfg.api_key, &cfg.iam_token) {
+        (Some(key), _) => {
+            headers.insert(
+                AUTHORIZATION,
+                credential("Api-Key", key, "YANDEXGPT_API_KEY")?,
+            );
+        }
+        (None, Some(token)) => {
+            headers.insert(
+                AUTHORIZATION,
+                credential("Bearer", token, "YANDEXGPT_IAM_TOKEN")?,
+            );
+            // A user's IAM token is not bound to a folder; a service account's is, and the
+            // header then names the same folder as `modelUri`.
+            let folder = HeaderValue::from_str(&folder_id).map_err(|_| {
+                Error::NotConfigured("YANDEXGPT_FOLDER_ID is not a valid folder id".into())
+            })?;
+            headers.insert(HeaderName::from_static("x-folder-id"), folder);
+        }
+        (None, None) => {
+            return Err(Error::NotConfigured(
+                "neither YANDEXGPT_API_KEY nor YANDEXGPT_IAM_TOKEN is set".into(),
+            ));
+        }
+    }
+    headers.insert(
+        HeaderName::from_static("x-data-logging-enabled"),
+        HeaderValue::from_static("false"),
+    );
+    Ok((headers, folder_id))
 }
 
 /// `<scheme> <secret>` as a header value that `Debug` masks.

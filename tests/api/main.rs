@@ -10,6 +10,7 @@ mod gigachat;
 mod hardening;
 mod helpers;
 mod http;
+mod image_providers;
 mod jobs;
 mod mail;
 mod oauth;
