@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::jobs::{self, ws};
 use crate::llm::{self, LlmRouter};
-use crate::{mail, tools};
+use crate::{gallery, images, mail, tools};
 
 /// Cheap to clone; every field is shared.
 #[derive(Clone)]
@@ -35,6 +35,10 @@ pub struct AppState {
     pub sockets: ws::Sockets,
     /// Reset and verification letters over SMTP; `None` without `SMTP_URL`.
     pub mailer: Option<Arc<mail::Mailer>>,
+    /// The configured image providers and the upscaler.
+    pub images: Arc<images::Images>,
+    /// Users' pictures: the database, the uploads directory, the signed links, `images`.
+    pub gallery: gallery::work::Deps,
 }
 
 impl AppState {
@@ -78,6 +82,19 @@ impl AppState {
         }
         let oauth = auth::oauth::OAuth::new(&config, auth::oauth::TIMEOUT)?;
         let mailer = mail::Mailer::from_config(&config)?.map(Arc::new);
+        let images = Arc::new(images::Images::from_config(&config, llm.metrics().clone())?);
+        if images.is_empty() {
+            tracing::warn!(
+                "no image provider is configured: images answer 503 providers_unavailable until \
+                 FUSIONBRAIN_API_KEY and FUSIONBRAIN_SECRET_KEY or the YandexGPT credentials are set"
+            );
+        }
+        let gallery = gallery::work::Deps {
+            db: db.clone(),
+            images: images.clone(),
+            files: gallery::Files::new(&config.server.data_dir),
+            links: Arc::new(gallery::Links::new(&secret, &config.server.public_url())),
+        };
         let runner = jobs::Runner::new(
             config.jobs.job_concurrency as usize,
             std::time::Duration::from_secs(config.jobs.shutdown_grace_secs),
@@ -88,6 +105,8 @@ impl AppState {
             jobs: runner,
             sockets: ws::Sockets::default(),
             mailer,
+            images,
+            gallery,
             llm: Arc::new(llm),
             auth: Arc::new(Auth::new(&config.auth, &secret)),
             trusted_proxies: config.trusted_proxies().into(),

@@ -138,6 +138,27 @@ pub struct Paid<T> {
     pub accepted: Option<(u16, String)>,
 }
 
+/// Why [`open_paid`]'s `open` stopped; either way its transaction, the key's claim
+/// included, is rolled back.
+pub enum Refusal {
+    /// A ledger or store failure; `402` for a short balance, else `500`.
+    Billing(billing::Error),
+    /// The request cannot be served as asked (the caller's answer, e.g. `404`, `409`).
+    Answer(ApiError),
+}
+
+impl From<billing::Error> for Refusal {
+    fn from(e: billing::Error) -> Self {
+        Refusal::Billing(e)
+    }
+}
+
+impl From<db::Error> for Refusal {
+    fn from(e: db::Error) -> Self {
+        Refusal::Billing(e.into())
+    }
+}
+
 /// What opening paid work under an optional key gave.
 pub enum Opened<T> {
     /// Opened and paid for: run it.
@@ -159,7 +180,7 @@ pub async fn open_paid<T, F>(
 ) -> Result<Opened<T>, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> Result<Paid<T>, billing::Error> + Send + 'static,
+    F: FnOnce(&Connection) -> Result<Paid<T>, Refusal> + Send + 'static,
 {
     enum Step<T> {
         Paid(T),
@@ -181,7 +202,7 @@ where
                     finish(tx, &user_id, key, *status, body)?;
                 }
             }
-            Ok::<_, billing::Error>(Step::Paid(paid.row))
+            Ok::<_, Refusal>(Step::Paid(paid.row))
         })
         .await;
     match step {
@@ -199,14 +220,17 @@ where
             "idempotency_conflict",
             "This Idempotency-Key was used for a different request",
         )),
-        Err(billing::Error::InsufficientBalance { required, balance }) => Err(ApiError::new(
-            StatusCode::PAYMENT_REQUIRED,
-            "insufficient_balance",
-            format!("Not enough raits: {required} required, {balance} available"),
-        )
-        .with("required", required)
-        .with("balance", balance)),
-        Err(e) => Err(ApiError::internal(&e)),
+        Err(Refusal::Answer(answer)) => Err(answer),
+        Err(Refusal::Billing(billing::Error::InsufficientBalance { required, balance })) => {
+            Err(ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_balance",
+                format!("Not enough raits: {required} required, {balance} available"),
+            )
+            .with("required", required)
+            .with("balance", balance))
+        }
+        Err(Refusal::Billing(e)) => Err(ApiError::internal(&e)),
     }
 }
 

@@ -16,13 +16,15 @@ pub mod config;
 pub mod db;
 /// The JSON error body.
 pub mod error;
+/// Users' pictures: rows, files, signed links, the `/images` endpoints, image jobs.
+pub mod gallery;
 /// Generation sessions: quick runs, standard jobs, recovery and history.
 pub mod generation;
 /// `Idempotency-Key` handling for paid POSTs.
 pub mod idempotency;
-/// Pictures from prompts: image providers, formats, upscaling.
+/// Image providers (Kandinsky, Yandex ART), the upscaler and pixel work.
 pub mod images;
-/// The job runner and the hub where watchers follow jobs.
+/// The paid-work path, the job runner, the hub where watchers follow jobs, WebSockets.
 pub mod jobs;
 /// AI text generation: providers, router, metrics.
 pub mod llm;

@@ -25,7 +25,7 @@ use crate::error::{self, ApiError};
 use crate::jobs::{self, ws};
 use crate::request::BODY_LIMIT;
 use crate::request::ClientIp;
-use crate::{auth, db, generation, tools, users};
+use crate::{auth, db, gallery, generation, tools, users};
 
 /// Where the OpenAPI document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -38,6 +38,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "auth", description = "Accounts and sign-in"),
         (name = "tools", description = "Tabs, tools and execution"),
         (name = "generation", description = "Generation history"),
+        (name = "images", description = "Pictures: generate, upscale, list, files"),
         (name = "user", description = "Profile, balance, transactions, password"),
         (name = "system", description = "Health and metrics"),
     )
@@ -76,6 +77,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             auth::routes::router()
                 .merge(tools::routes::router())
                 .merge(generation::routes::router())
+                .merge(gallery::routes::router())
                 .merge(users::routes::router()),
         )
         .split_for_parts()
@@ -169,10 +171,19 @@ pub async fn serve(
         deps: generation::run::Deps {
             db: state.db.clone(),
             llm: state.llm.clone(),
+            gallery: state.gallery.clone(),
         },
         tools: state.tools.clone(),
     };
-    if let Err(e) = jobs::work::recover(&state.jobs, &[&generations]).await {
+    let images = gallery::work::Recovery {
+        db: state.db.clone(),
+    };
+    let files = state.gallery.files.clone();
+    match tokio::task::spawn_blocking(move || files.clean_temporary()).await {
+        Ok(0) | Err(_) => {}
+        Ok(removed) => tracing::info!(removed, "removed image files a crash left half-written"),
+    }
+    if let Err(e) = jobs::work::recover(&state.jobs, &[&generations, &images]).await {
         return Err(std::io::Error::other(format!(
             "cannot recover interrupted generations: {e:#}"
         )));

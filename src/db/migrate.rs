@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_account_tokens",
         sql: include_str!("../../migrations/0005_account_tokens.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_images",
+        sql: include_str!("../../migrations/0006_images.sql"),
+    },
 ];
 
 /// A migration with whether it has been applied, for `migrate --status`.

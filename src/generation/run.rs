@@ -12,7 +12,9 @@ use super::store::{self, Outcome};
 use super::{Session, SessionError};
 use crate::billing;
 use crate::db::Db;
+use crate::gallery::{self, work::Stored};
 use crate::idempotency;
+use crate::images;
 use crate::jobs::hub::Event;
 use crate::jobs::work::{Failure, Recover, Settled, Work};
 use crate::jobs::{Handle, Runner};
@@ -25,6 +27,25 @@ use crate::tools::{Tool, render};
 pub struct Deps {
     pub db: Db,
     pub llm: Arc<LlmRouter>,
+    /// Pictures, for the image tools.
+    pub gallery: gallery::work::Deps,
+}
+
+/// What a run produced, before it is written down.
+pub enum Output {
+    Text(Produced),
+    /// A new picture (`image_generate`; with its text, `greeting_card`).
+    Picture {
+        stored: Stored,
+        request: images::Request,
+        text: Option<Produced>,
+    },
+    /// An upscale of one of the user's pictures (`image_upscale`).
+    Upscaled {
+        image_id: String,
+        provider: Option<String>,
+        stored: Stored,
+    },
 }
 
 /// An open, paid session and what running it takes.
@@ -71,6 +92,93 @@ fn failure(failure: pipeline::Failure) -> Failure {
 }
 
 impl Generation {
+    /// `image_generate`: the description becomes a drawing prompt (one text call; the
+    /// description itself when no text provider answers), then the picture is drawn.
+    async fn image_generate(&self, watch: &Handle) -> Result<Output, Failure> {
+        let request = picture_request(&self.input);
+        watch.processing(0);
+        let prompt = match self.quick().await {
+            Ok(produced) if !produced.text.trim().is_empty() => produced.text.trim().to_owned(),
+            Ok(_) | Err(_) => request.prompt.clone(),
+        };
+        let drawing = images::Request {
+            prompt,
+            ..request.clone()
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let stored =
+            gallery::work::draw(&self.deps.gallery, &self.user_id, &id, &drawing, watch).await?;
+        Ok(Output::Picture {
+            stored,
+            request,
+            text: None,
+        })
+    }
+
+    /// `image_upscale`: one of the user's completed pictures, 2× or 4×.
+    async fn image_upscale(&self, watch: &Handle) -> Result<Output, Failure> {
+        let image_id = self.input["image_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let scale = self.input["scale"].as_u64().unwrap_or(2) as u32;
+        let (user_id, id) = (self.user_id.clone(), image_id.clone());
+        let row = self
+            .deps
+            .db
+            .read(move |c| gallery::store::by_id(c, &user_id, &id))
+            .await
+            .ok()
+            .flatten()
+            .filter(|r| r.status == "completed");
+        let Some((source, provider)) = row.and_then(|r| r.file.map(|f| (f, r.provider))) else {
+            return Err(Failure::new(
+                "providers_unavailable",
+                "The picture to upscale is not there; the raits were refunded",
+            ));
+        };
+        watch.processing(0);
+        let stored =
+            gallery::work::upscale(&self.deps.gallery, &self.user_id, &source, scale, watch)
+                .await?;
+        Ok(Output::Upscaled {
+            image_id,
+            provider,
+            stored,
+        })
+    }
+
+    /// `greeting_card`: the card's text, a drawing prompt from it, then the picture (web).
+    async fn greeting_card(&self, watch: &Handle) -> Result<Output, Failure> {
+        let steps = pipeline::run_steps(&self.deps.llm, &self.tool, &self.input, watch)
+            .await
+            .map_err(failure)?;
+        let mut outputs = steps.outputs.into_iter();
+        let text = outputs.next().unwrap_or_default();
+        let prompt = outputs.next().unwrap_or_else(|| text.clone());
+        let request = images::Request {
+            prompt: prompt.trim().chars().take(1000).collect(),
+            negative_prompt: None,
+            style: None,
+            format: images::Format::Web,
+        };
+        let number = self.tool.steps.len() + 1;
+        watch.step_started(number, "Изображение");
+        let id = uuid::Uuid::now_v7().to_string();
+        let stored =
+            gallery::work::draw(&self.deps.gallery, &self.user_id, &id, &request, watch).await?;
+        watch.step_completed(number);
+        Ok(Output::Picture {
+            stored,
+            request,
+            text: Some(Produced {
+                text,
+                provider: steps.provider,
+                tokens: steps.tokens,
+            }),
+        })
+    }
+
     /// A quick run: the tool's prompt in one call.
     async fn quick(&self) -> Result<Produced, pipeline::Failure> {
         let tool = &self.tool;
@@ -96,7 +204,7 @@ impl Generation {
 
 #[async_trait::async_trait]
 impl Work for Generation {
-    type Output = Produced;
+    type Output = Output;
     type Settled = Session;
     type Error = billing::Error;
 
@@ -121,30 +229,45 @@ impl Work for Generation {
             .await?)
     }
 
-    async fn run(&self, watch: &Handle) -> Result<Produced, Failure> {
-        let produced = match self.mode {
-            Mode::Quick => self.quick().await,
-            Mode::Standard => pipeline::run(&self.deps.llm, &self.tool, &self.input, watch).await,
-        };
-        produced.map_err(failure)
+    async fn run(&self, watch: &Handle) -> Result<Output, Failure> {
+        match self.tool.id.as_str() {
+            "image_generate" => self.image_generate(watch).await,
+            "image_upscale" => self.image_upscale(watch).await,
+            "greeting_card" => self.greeting_card(watch).await,
+            _ => {
+                let produced = match self.mode {
+                    Mode::Quick => self.quick().await,
+                    Mode::Standard => {
+                        pipeline::run(&self.deps.llm, &self.tool, &self.input, watch).await
+                    }
+                };
+                produced.map(Output::Text).map_err(failure)
+            }
+        }
     }
 
-    async fn settle(&self, ended: Result<Produced, Failure>) -> Result<Session, billing::Error> {
+    async fn settle(&self, ended: Result<Output, Failure>) -> Result<Session, billing::Error> {
         let (user_id, id) = (self.user_id.clone(), self.session_id.clone());
+        let links = self.deps.gallery.links.clone();
+        let cost = self.tool.cost_for(self.mode, &self.input).unwrap_or(0);
         self.deps
             .db
             .write(move |tx| {
                 let session = match ended {
-                    Ok(produced) => store::complete(
-                        tx,
-                        &user_id,
-                        &id,
-                        &Outcome {
-                            result: &Value::String(produced.text),
-                            provider: produced.provider.as_str(),
-                            tokens: produced.tokens as i64,
-                        },
-                    )?,
+                    Ok(output) => {
+                        let (result, provider, tokens) =
+                            record_output(tx, &user_id, &id, cost, output, &links)?;
+                        store::complete(
+                            tx,
+                            &user_id,
+                            &id,
+                            &Outcome {
+                                result: &result,
+                                provider: &provider,
+                                tokens,
+                            },
+                        )?
+                    }
                     Err(failure) => store::fail(
                         tx,
                         &user_id,
@@ -162,6 +285,80 @@ impl Work for Generation {
             })
             .await
     }
+}
+
+/// Writes what an output made (a picture's row, an upscale) and returns the session's
+/// result, provider and tokens.
+fn record_output(
+    tx: &rusqlite::Connection,
+    user_id: &str,
+    session_id: &str,
+    cost: i64,
+    output: Output,
+    links: &gallery::Links,
+) -> Result<(Value, String, i64), billing::Error> {
+    Ok(match output {
+        Output::Text(produced) => (
+            Value::String(produced.text),
+            produced.provider.as_str().to_owned(),
+            produced.tokens as i64,
+        ),
+        Output::Picture {
+            stored,
+            request,
+            text,
+        } => {
+            let row = gallery::store::insert_completed(
+                tx,
+                &gallery::store::NewImage {
+                    user_id,
+                    prompt: &request.prompt,
+                    negative_prompt: request.negative_prompt.as_deref(),
+                    style: request.style.as_deref(),
+                    format: request.format.as_str(),
+                    width: stored.width,
+                    height: stored.height,
+                    // A card's price is for its text and its picture together.
+                    cost: if text.is_some() { 0 } else { cost },
+                },
+                session_id,
+                stored.provider,
+                (&stored.id, &stored.relative),
+            )?;
+            let url = links.url(&row.id, gallery::Variant::Original);
+            match text {
+                Some(text) => (
+                    serde_json::json!({"text": text.text, "image_url": url, "image_id": row.id}),
+                    text.provider.as_str().to_owned(),
+                    text.tokens as i64,
+                ),
+                None => (
+                    serde_json::json!({"image_id": row.id, "url": url}),
+                    stored.provider.to_owned(),
+                    0,
+                ),
+            }
+        }
+        Output::Upscaled {
+            image_id,
+            provider,
+            stored,
+        } => {
+            gallery::store::set_upscaled(
+                tx,
+                user_id,
+                &image_id,
+                &stored.relative,
+                (stored.width, stored.height),
+            )?;
+            let url = links.url(&image_id, gallery::Variant::Upscaled);
+            (
+                serde_json::json!({"image_id": image_id, "url": url}),
+                provider.unwrap_or_else(|| "upscale".into()),
+                0,
+            )
+        }
+    })
 }
 
 impl Settled for Session {
@@ -248,4 +445,23 @@ impl Recover for Recovery {
 /// The final WebSocket event of a settled session, as a frame.
 pub fn final_event(session: &Session) -> axum::extract::ws::Utf8Bytes {
     session.final_event().frame()
+}
+
+/// The picture an `image_generate` form asks for (the form was checked against its schema).
+fn picture_request(input: &Value) -> images::Request {
+    let text = |key: &str| {
+        input[key]
+            .as_str()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    images::Request {
+        prompt: text("prompt").unwrap_or_default(),
+        negative_prompt: text("negative_prompt"),
+        style: text("style"),
+        format: text("format")
+            .and_then(|f| images::Format::parse(&f))
+            .unwrap_or(images::Format::Web),
+    }
 }

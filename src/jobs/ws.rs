@@ -24,6 +24,7 @@ use super::Handle;
 use super::hub::{Event, Subscription};
 use crate::app::AppState;
 use crate::auth::extract::authenticate;
+use crate::gallery;
 use crate::generation::{run, store};
 
 /// Close codes of CONTRACT §5.
@@ -118,9 +119,53 @@ fn token_from_query(query: &str) -> Option<String> {
 enum Source {
     Live(Arc<Handle>),
     Finished(Utf8Bytes),
-    /// A session whose job is not in the hub (and so not running here); its row is polled.
-    Row(String),
+    /// Work that is not in the hub (and so not running here); its row is polled.
+    Row,
     NotFound,
+}
+
+/// Where a row stands, as a watcher needs it.
+enum Found {
+    Missing,
+    Running,
+    /// Ended: its final event.
+    Ended(Utf8Bytes),
+}
+
+/// Reads the row of `id` of this kind, owned by `user_id`.
+async fn look_up(state: &AppState, kind: Kind, user_id: &str, id: &str) -> Found {
+    let (owner, id) = (user_id.to_owned(), id.to_owned());
+    let found = match kind {
+        Kind::Generation => state
+            .db
+            .read(move |conn| store::by_id(conn, &owner, &id))
+            .await
+            .map(|row| match row {
+                None => Found::Missing,
+                Some(session) if session.completed_at.is_some() => {
+                    Found::Ended(run::final_event(&session))
+                }
+                Some(_) => Found::Running,
+            }),
+        Kind::Image => {
+            let links = state.gallery.links.clone();
+            state
+                .db
+                .read(move |conn| gallery::store::by_id(conn, &owner, &id))
+                .await
+                .map(|row| match row {
+                    None => Found::Missing,
+                    Some(row) => match gallery::work::final_event(&row, &links) {
+                        Some(frame) => Found::Ended(frame),
+                        None => Found::Running,
+                    },
+                })
+        }
+    };
+    found.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read a row for a watcher");
+        Found::Missing
+    })
 }
 
 async fn watch(
@@ -137,11 +182,7 @@ async fn watch(
     let Some(user) = user else {
         return close(socket, UNAUTHORIZED, "invalid or expired token").await;
     };
-    let source = match kind {
-        Kind::Generation => generation_source(&state, &user.user.id, &id).await,
-        // Images arrive with their issue; until then no image exists to watch.
-        Kind::Image => Source::NotFound,
-    };
+    let source = source(&state, kind, &user.user.id, &id).await;
     let connected = match kind {
         Kind::Generation => Event::SessionConnected { session_id: &id },
         Kind::Image => Event::ImageConnected { image_id: &id },
@@ -158,15 +199,15 @@ async fn watch(
                 follow(&state, socket, &handle).await;
             }
         }
-        Source::Row(session_id) => {
+        Source::Row => {
             if send(&mut socket, connected.frame()).await {
-                poll(&state, socket, &user.user.id, &session_id).await;
+                poll(&state, socket, kind, &user.user.id, &id).await;
             }
         }
     }
 }
 
-async fn generation_source(state: &AppState, user_id: &str, id: &str) -> Source {
+async fn source(state: &AppState, kind: Kind, user_id: &str, id: &str) -> Source {
     if let Some(handle) = state.jobs.hub().get(id) {
         return if handle.user_id == user_id {
             Source::Live(handle)
@@ -174,25 +215,14 @@ async fn generation_source(state: &AppState, user_id: &str, id: &str) -> Source 
             Source::NotFound
         };
     }
-    let (owner, session_id) = (user_id.to_owned(), id.to_owned());
-    match state
-        .db
-        .read(move |conn| store::by_id(conn, &owner, &session_id))
-        .await
-    {
-        Ok(Some(session)) if session.completed_at.is_some() => {
-            Source::Finished(run::final_event(&session))
-        }
+    match look_up(state, kind, user_id, id).await {
+        Found::Ended(last) => Source::Finished(last),
         // Registered between the two looks, or settling right now.
-        Ok(Some(session)) => match state.jobs.hub().get(id) {
+        Found::Running => match state.jobs.hub().get(id) {
             Some(handle) => Source::Live(handle),
-            None => Source::Row(session.id),
+            None => Source::Row,
         },
-        Ok(None) => Source::NotFound,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read a session for a watcher");
-            Source::NotFound
-        }
+        Found::Missing => Source::NotFound,
     }
 }
 
@@ -288,9 +318,9 @@ fn timers(state: &AppState) -> (tokio::time::Interval, Duration) {
     )
 }
 
-/// Follows a session through its row until it ends (a job outside this process's hub, so
-/// not running here: the idle rule applies).
-async fn poll(state: &AppState, mut socket: WebSocket, user_id: &str, session_id: &str) {
+/// Follows work through its row until it ends (a job outside this process's hub, so not
+/// running here: the idle rule applies).
+async fn poll(state: &AppState, mut socket: WebSocket, kind: Kind, user_id: &str, id: &str) {
     let closing = state.sockets.closing.clone();
     let mut every = tokio::time::interval(POLL_EVERY);
     let (mut pings, idle) = timers(state);
@@ -309,12 +339,8 @@ async fn poll(state: &AppState, mut socket: WebSocket, user_id: &str, session_id
             }
             () = tokio::time::sleep_until(idle_at) => return close(socket, NORMAL, "idle").await,
             _ = every.tick() => {
-                let (owner, id) = (user_id.to_owned(), session_id.to_owned());
-                let row = state.db.read(move |conn| store::by_id(conn, &owner, &id)).await;
-                if let Ok(Some(session)) = row
-                    && session.completed_at.is_some()
-                {
-                    if send(&mut socket, run::final_event(&session)).await {
+                if let Found::Ended(last) = look_up(state, kind, user_id, id).await {
+                    if send(&mut socket, last).await {
                         close(socket, NORMAL, "").await;
                     }
                     return;

@@ -131,6 +131,23 @@ impl Tool {
         self.costs.get(mode.as_str()).copied()
     }
 
+    /// The price of running this tool on `input`: an image tool's price depends on the
+    /// picture's `format` or the upscale's `scale` (its `costs` keys), any other on the mode.
+    pub fn cost_for(&self, mode: Mode, input: &Value) -> Option<i64> {
+        let by_input = ["format", "scale"].iter().find_map(|field| {
+            let value = match &input[*field] {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            self.costs.get(&value).copied()
+        });
+        match by_input {
+            Some(price) if self.is_image_tool() => Some(price),
+            _ => self.cost(mode),
+        }
+    }
+
     /// The provider the router tries first: the file's choice, else the contract's routing.
     pub fn preferred_provider(&self) -> ProviderId {
         self.recommended_provider

@@ -180,14 +180,13 @@ pub struct ExecuteRequest {
     request_body = ExecuteRequest,
     responses(
         (status = 200, description = "Quick run finished", body = Session),
-        (status = 202, description = "Standard run queued: `{session_id, status, ws_url}`", body = Object),
+        (status = 202, description = "Standard run or image tool queued: `{session_id, status, ws_url}`", body = Object),
         (status = 400, description = "`mode_not_supported`", body = ErrorBody),
         (status = 402, description = "`insufficient_balance` with `required` and `balance`", body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "`idempotency_conflict`", body = ErrorBody),
+        (status = 409, description = "`idempotency_conflict`; `image_not_ready` (image_upscale of a picture not completed)", body = ErrorBody),
         (status = 422, body = ErrorBody),
-        (status = 501, description = "image tools: not yet built", body = ErrorBody),
-        (status = 503, description = "`providers_unavailable`, refunded", body = ErrorBody),
+        (status = 503, description = "`providers_unavailable`: none configured (nothing charged), or none answered (refunded)", body = ErrorBody),
     ))]
 async fn execute(
     State(state): State<AppState>,
@@ -238,14 +237,7 @@ async fn execute(
             format!("Tool {} does not offer {} mode", tool.id, mode.as_str()),
         ));
     }
-    if tool.is_image_tool() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "Image tools are not available yet in this version",
-        ));
-    }
-    let cost = tool.cost(mode).ok_or_else(|| {
+    let cost = tool.cost_for(mode, &body.input).ok_or_else(|| {
         ApiError::internal(&format!(
             "tool {} has no price for {}",
             tool.id,
@@ -253,13 +245,17 @@ async fn execute(
         ))
     })?;
     let key = idempotency::key_from(&headers)?;
-    if state.llm.is_empty() {
-        // Refused before the debit: nothing to refund, and the reason is said.
+    // Refused before the debit, with the reason: nothing to refund.
+    let needs_text = !matches!(tool.id.as_str(), "image_generate" | "image_upscale");
+    if (needs_text && state.llm.is_empty()) || (tool.is_image_tool() && state.images.is_empty()) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "providers_unavailable",
-            "No AI provider is configured on this server",
+            "No AI provider for this tool is configured on this server",
         ));
+    }
+    if tool.id == "image_upscale" {
+        upscalable(&state, &current.user.id, &body.input).await?;
     }
     let user_id = current.user.id.clone();
 
@@ -290,6 +286,7 @@ async fn paid_run(
     let opened = {
         let (user_id, tool_id, input) = (user_id.clone(), tool.id.clone(), input.clone());
         let description = format!("Генерация: {}", tool.name);
+        // Standard runs and pictures take long: queued, answered `202` at once.
         let queued = mode == Mode::Standard || tool.is_image_tool();
         idempotency::open_paid(&state.db, &user_id.clone(), key, hash, move |tx| {
             let session = sessions::open(
@@ -321,6 +318,7 @@ async fn paid_run(
         deps: run::Deps {
             db: state.db.clone(),
             llm: state.llm.clone(),
+            gallery: state.gallery.clone(),
         },
         session_id: session.id.clone(),
         user_id,
@@ -328,7 +326,7 @@ async fn paid_run(
         mode,
         input,
     };
-    if mode == Mode::Standard {
+    if mode == Mode::Standard || generation.tool.is_image_tool() {
         state.jobs.enqueue(generation);
         let location = format!("/api/v1/generation/sessions/{}", session.id);
         return Ok((
@@ -355,6 +353,27 @@ async fn paid_run(
         }
         Err(e) => Err(ApiError::internal(&e)),
     }
+}
+
+/// `image_upscale` takes one of the caller's completed pictures: `404` for any other id,
+/// `409` for one not completed — before anything is charged.
+async fn upscalable(state: &AppState, user_id: &str, input: &Value) -> Result<(), ApiError> {
+    let id = input["image_id"].as_str().unwrap_or_default().to_owned();
+    let user_id = user_id.to_owned();
+    let row = state
+        .db
+        .read(move |c| crate::gallery::store::by_id(c, &user_id, &id))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| ApiError::not_found("No such image"))?;
+    if row.status != "completed" || row.file.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "image_not_ready",
+            "Only a completed picture can be upscaled",
+        ));
+    }
+    Ok(())
 }
 
 /// The `202` answer to a queued standard run (CONTRACT §4).

@@ -93,6 +93,16 @@ impl Builder {
                 "1000".to_owned(),
             ),
         ]);
+        // Bound before the configuration is read, so the public URL (signed image links) is
+        // the address the server really listens on.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        env.insert(
+            "EASY_WRITER_PUBLIC_URL".to_owned(),
+            format!("http://{addr}"),
+        );
         let mut upstreams = HashMap::new();
         for name in self.upstreams {
             let server = MockServer::start().await;
@@ -110,10 +120,6 @@ impl Builder {
         let config = Config::load(&flags, &env)
             .expect("test configuration")
             .config;
-        let listener = tokio::net::TcpListener::bind(&config.server.bind)
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
         let mut state = AppState::new(config).expect("app state");
         if let Some(adjust) = self.adjust {
             adjust(&mut state);

@@ -150,7 +150,7 @@ impl Watcher {
     }
 
     /// Events up to and including the final one.
-    async fn until_final(&mut self) -> Vec<Value> {
+    pub async fn until_final(&mut self) -> Vec<Value> {
         let mut events = Vec::new();
         loop {
             let event = self.event().await;

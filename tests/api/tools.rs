@@ -314,6 +314,7 @@ async fn bad_input_is_422_with_every_failure_and_costs_nothing() {
         "mode_not_supported",
     )
     .await;
+    // An image tool on a server with no image provider: refused before the debit.
     let body = json!({"input": {"prompt": "Кот на крыше", "format": "web"}});
     expect_error(
         app.post_authed(
@@ -322,8 +323,8 @@ async fn bad_input_is_422_with_every_failure_and_costs_nothing() {
             &body,
         )
         .await,
-        501,
-        "not_implemented",
+        503,
+        "providers_unavailable",
     )
     .await;
     assert_eq!(app.balance_and_ledger_sum(&user.user_id), (100, 100));
