@@ -265,10 +265,14 @@ fn check_tools(config: &Config) -> Outcome {
 
 async fn check_providers(config: &Config) -> Outcome {
     let providers = crate::llm::providers_from_config(config);
-    if providers.is_empty() {
+    let images = crate::images::Images::from_config(
+        config,
+        std::sync::Arc::new(crate::llm::metrics::Metrics::default()),
+    )?;
+    if providers.is_empty() && images.is_empty() {
         return Err(anyhow!(
             "no AI provider is configured (set OPENAI_API_KEY, GIGACHAT_API_KEY or \
-             YANDEXGPT_API_KEY with YANDEXGPT_FOLDER_ID)"
+             YANDEXGPT_API_KEY with YANDEXGPT_FOLDER_ID; FUSIONBRAIN_API_KEY for images)"
         )
         .into());
     }
@@ -290,6 +294,15 @@ async fn check_providers(config: &Config) -> Outcome {
                     ""
                 };
                 println!("{id}: error: {e}{hint}");
+            }
+        }
+    }
+    for (id, result) in images.check().await {
+        match result {
+            Ok(()) => println!("{id}: ok"),
+            Err(e) => {
+                failed = true;
+                println!("{id}: error: {e}");
             }
         }
     }

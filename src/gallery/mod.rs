@@ -104,6 +104,26 @@ impl Links {
     }
 }
 
+/// Re-signs the picture link in an image tool's session result (`{image_id, url}`, or a
+/// card's `{text, image_url, image_id}`), so a session read days later still shows a link
+/// that loads.
+pub fn refresh_result_links(tool_id: &str, result: &mut serde_json::Value, links: &Links) {
+    let Some(id) = result["image_id"].as_str().map(str::to_owned) else {
+        return;
+    };
+    let variant = if tool_id == "image_upscale" {
+        Variant::Upscaled
+    } else {
+        Variant::Original
+    };
+    let field = if result.get("image_url").is_some() {
+        "image_url"
+    } else {
+        "url"
+    };
+    result[field] = links.url(&id, variant).into();
+}
+
 /// An image as the API shows it (CONTRACT §4 "Images").
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Image {

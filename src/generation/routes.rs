@@ -11,6 +11,7 @@ use super::store::{self, Filter};
 use crate::app::AppState;
 use crate::auth::extract::CurrentUser;
 use crate::error::{ApiError, ErrorBody, FieldError};
+use crate::gallery;
 use crate::request::{Page, Pagination};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -63,6 +64,10 @@ async fn list_sessions(
         .read(move |c| store::list(c, &user_id, &filter, page.limit, page.offset))
         .await
         .map_err(|e| ApiError::internal(&e))?;
+    let mut sessions = sessions;
+    for session in &mut sessions {
+        gallery::refresh_result_links(&session.tool_id, &mut session.result, &state.gallery.links);
+    }
     Ok(Json(SessionList {
         sessions,
         pagination: page.page(total),
@@ -84,6 +89,13 @@ async fn get_session(
         .read(move |c| store::by_id(c, &user_id, &id))
         .await
         .map_err(|e| ApiError::internal(&e))?
-        .map(Json)
+        .map(|mut session| {
+            gallery::refresh_result_links(
+                &session.tool_id,
+                &mut session.result,
+                &state.gallery.links,
+            );
+            Json(session)
+        })
         .ok_or_else(|| ApiError::not_found("No such session"))
 }

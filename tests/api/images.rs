@@ -456,11 +456,11 @@ async fn image_tools_run_through_execute_as_sessions() {
     llm.then(Reply::text(&["a red cat on a windowsill, no text"]));
     let picture = run(
         "image_generate",
-        json!({"prompt": "рыжий кот", "format": "banner"}),
+        json!({"prompt": "рыжий кот", "format": "messenger"}),
     )
     .await;
     let file = fetch(&app, picture["url"].as_str().unwrap()).await;
-    assert_eq!(png_size(&file.bytes().await.unwrap()), (2048, 1024));
+    assert_eq!(png_size(&file.bytes().await.unwrap()), (512, 512));
     let image_id = picture["image_id"].as_str().unwrap().to_owned();
     let listed: Value = app
         .get_authed(&format!("/api/v1/images/{image_id}"), &user.access_token)
@@ -468,11 +468,11 @@ async fn image_tools_run_through_execute_as_sessions() {
         .json()
         .await
         .unwrap();
-    assert_eq!(listed["format"], "banner");
+    assert_eq!(listed["format"], "messenger");
 
     let upscaled = run("image_upscale", json!({"image_id": image_id, "scale": 2})).await;
     let file = fetch(&app, upscaled["url"].as_str().unwrap()).await;
-    assert_eq!(png_size(&file.bytes().await.unwrap()), (4096, 2048));
+    assert_eq!(png_size(&file.bytes().await.unwrap()), (1024, 1024));
 
     llm.then(Reply::text(&["Дорогая Анна! С днём рождения."]))
         .then(Reply::text(&[
@@ -486,8 +486,22 @@ async fn image_tools_run_through_execute_as_sessions() {
     assert_eq!(card["text"], "Дорогая Анна! С днём рождения.");
     let file = fetch(&app, card["image_url"].as_str().unwrap()).await;
     assert_eq!(png_size(&file.bytes().await.unwrap()), (1024, 1024));
-    // banner 30 + upscale 2× 10 + card 40.
-    assert_eq!(app.balance_and_ledger_sum(&user.user_id), (120, 120));
+    // messenger 10 + upscale 2× 10 + card 40.
+    assert_eq!(app.balance_and_ledger_sum(&user.user_id), (140, 140));
+    // The history shows freshly signed links that load.
+    let history: Value = app
+        .get_authed(
+            "/api/v1/generation/sessions?tool_id=greeting_card",
+            &user.access_token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let link = history["sessions"][0]["result"]["image_url"]
+        .as_str()
+        .unwrap();
+    assert_eq!(fetch(&app, link).await.status(), 200);
 
     let missing = app
         .post_authed(
@@ -497,7 +511,7 @@ async fn image_tools_run_through_execute_as_sessions() {
         )
         .await;
     expect_error(missing, 404, "not_found").await;
-    assert_eq!(app.balance_and_ledger_sum(&user.user_id), (120, 120));
+    assert_eq!(app.balance_and_ledger_sum(&user.user_id), (140, 140));
 }
 
 /// kill -9 while Kandinsky is still drawing; after the restart the picture is failed and
@@ -579,4 +593,36 @@ async fn a_picture_cut_off_by_a_crash_is_refunded_after_restart() {
         (Some("error"), Some("interrupted"))
     );
     server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_check_calls_the_image_providers_too() {
+    let fusionbrain = wiremock::MockServer::start().await;
+    FakeKandinsky::mount(&fusionbrain).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("empty.toml");
+    std::fs::write(&config, "").unwrap();
+    let uri = fusionbrain.uri();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+            .args(["providers", "check"])
+            .env_clear()
+            .env("EASY_WRITER_CONFIG", &config)
+            .env("EASY_WRITER_DATA_DIR", dir.path())
+            .env("FUSIONBRAIN_BASE_URL", uri)
+            .env("FUSIONBRAIN_API_KEY", "fb-key")
+            .env("FUSIONBRAIN_SECRET_KEY", "fb-secret")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("kandinsky: ok"), "{stdout}");
 }
