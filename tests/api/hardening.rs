@@ -11,7 +11,9 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::fake_llm::{FakeLlm, Reply};
-use crate::helpers::{PASSWORD, ServerProcess, TestApp, builder, email, expect_error};
+use crate::helpers::{
+    PASSWORD, ServerProcess, TestApp, builder, email, expect_error, get_at, register_at,
+};
 
 /// Statuses of `n` concurrent logins for `address` from `forwarded_for` (through a trusted
 /// proxy on 127.0.0.1).
@@ -451,16 +453,7 @@ async fn an_idempotency_key_cut_off_by_a_crash_answers_the_refund_after_restart(
     let addr = server.addr();
     let url = |path: &str| format!("http://{addr}{path}");
     let client = reqwest::Client::new();
-    let registered: Value = client
-        .post(url("/api/v1/auth/register"))
-        .json(&json!({"email": email("crash"), "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = registered["access_token"].as_str().unwrap().to_owned();
+    let token = register_at(addr).await;
     let execute = || {
         client
             .post(url("/api/v1/tools/spell_check/execute"))
@@ -483,15 +476,7 @@ async fn an_idempotency_key_cut_off_by_a_crash_answers_the_refund_after_restart(
     let response = execute().await.unwrap();
     let body = expect_error(response, 503, "interrupted").await;
     assert_eq!(body["session"]["status"], "failed");
-    let me: Value = client
-        .get(url("/api/v1/auth/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = get_at(addr, "/api/v1/auth/me", &token).await;
     assert_eq!(me["balance"], 100, "refunded");
     // The same answer again: stored, not recomputed.
     let again = execute().await.unwrap();

@@ -403,3 +403,33 @@ impl ServerProcess {
         assert_eq!(self.child.wait().expect("wait").code(), Some(0));
     }
 }
+
+/// Registers a new user on the server at `addr`; its access token.
+pub async fn register_at(addr: SocketAddr) -> String {
+    let registered: Value = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/auth/register"))
+        .json(&json!({"email": email("process"), "password": PASSWORD}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    registered["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned()
+}
+
+/// `GET path` on the server at `addr` with `token`, as JSON.
+pub async fn get_at(addr: SocketAddr, path: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json")
+}

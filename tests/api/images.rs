@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 
 use crate::fake_images::{Behaviour, FakeKandinsky, png_size};
 use crate::fake_llm::{FakeLlm, Reply};
-use crate::helpers::{PASSWORD, ServerProcess, Session, TestApp, builder, email, expect_error};
+use crate::helpers::{
+    ServerProcess, Session, TestApp, builder, email, expect_error, get_at, register_at,
+};
 use crate::jobs::Watcher;
 
 const WEB_COST: i64 = 20;
@@ -534,16 +536,7 @@ async fn a_picture_cut_off_by_a_crash_is_refunded_after_restart() {
     let addr = server.addr();
     let url = |path: &str| format!("http://{addr}{path}");
     let client = reqwest::Client::new();
-    let registered: Value = client
-        .post(url("/api/v1/auth/register"))
-        .json(&json!({"email": email("crash"), "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = registered["access_token"].as_str().unwrap().to_owned();
+    let token = register_at(addr).await;
     let accepted: Value = client
         .post(url("/api/v1/images/generate"))
         .bearer_auth(&token)
@@ -564,26 +557,10 @@ async fn a_picture_cut_off_by_a_crash_is_refunded_after_restart() {
     server.kill();
 
     let server = ServerProcess::start_on(addr, dir.path(), &env).await;
-    let image: Value = client
-        .get(url(&format!("/api/v1/images/{id}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let image = get_at(addr, &format!("/api/v1/images/{id}"), &token).await;
     assert_eq!(image["status"], "failed");
     assert_eq!(image["error"]["code"], "interrupted");
-    let me: Value = client
-        .get(url("/api/v1/auth/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = get_at(addr, "/api/v1/auth/me", &token).await;
     assert_eq!(me["balance"], 100);
     let mut ws = Watcher::connect(addr, &format!("/ws/image/{id}"), Some(&token)).await;
     assert_eq!(ws.event().await["event"], "connected");
