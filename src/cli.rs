@@ -651,7 +651,11 @@ pub fn config_report(loaded: &config::Loaded) -> String {
             if on { "configured" } else { "disabled" }
         );
     }
-    for warning in config.warnings() {
+    let mut warnings = config.warnings();
+    if let Err(e) = crate::mail::Mailer::from_config(config) {
+        warnings.push(format!("{e:#}"));
+    }
+    for warning in warnings {
         let _ = writeln!(out, "# warning: {warning}");
     }
     out

@@ -907,6 +907,17 @@ impl Config {
                 "tbank",
                 self.tbank.terminal_key.is_some() && self.tbank.password.is_some(),
             ),
+            (
+                "yandexart",
+                (self.yandexgpt.api_key.is_some() || self.yandexgpt.iam_token.is_some())
+                    && self.yandexgpt.folder_id.is_some()
+                    && self
+                        .images
+                        .image_provider_order
+                        .iter()
+                        .any(|p| p == "yandexart"),
+            ),
+            ("smtp", self.smtp.url.is_some()),
         ]
     }
 
@@ -929,6 +940,12 @@ impl Config {
         }
         if self.configured_services()[..3].iter().all(|(_, on)| !on) {
             warnings.push("no AI provider is configured: tools cannot generate".into());
+        }
+        if self.smtp.url.is_none() {
+            warnings.push(
+                "no SMTP_URL: password reset and email verification answer 503 mail_not_configured"
+                    .into(),
+            );
         }
         warnings
     }

@@ -456,6 +456,20 @@ fn config_check_masks_secrets_and_names_sources() {
     assert!(text.contains("# openai: configured"));
     assert!(text.contains("# yandexgpt: disabled"));
     assert!(text.contains("warning: public URL"), "{text}");
+    assert!(text.contains("# smtp: disabled"), "{text}");
+    assert!(text.contains("warning: no SMTP_URL"), "{text}");
+
+    // A mail URL that cannot work is named, its password never shown.
+    let out = run_with(
+        d,
+        &["config", "check"],
+        &[("SMTP_URL", "ftp://mailer:smtp-very-secret@mail.example.com")],
+        None,
+    );
+    let text = stdout(&out);
+    assert!(!text.contains("smtp-very-secret"), "{text}");
+    assert!(text.contains("# smtp: configured"), "{text}");
+    assert!(text.contains("warning: SMTP_URL"), "{text}");
 }
 
 #[test]
