@@ -5,8 +5,9 @@
 
 use std::io::Cursor;
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{PixelType, ResizeOptions, Resizer};
+use fast_image_resize::images::{TypedImage, TypedImageRef};
+use fast_image_resize::pixels::U8x3;
+use fast_image_resize::{ResizeOptions, Resizer};
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageFormat, ImageReader, Limits};
 
@@ -100,18 +101,21 @@ pub fn fit(source: Rgb, width: u32, height: u32) -> Result<Rgb, Bad> {
     if source.width == width && source.height == height {
         return Ok(source);
     }
-    let src = ImageRef::new(source.width, source.height, &source.data, PixelType::U8x3)
+    let src = TypedImageRef::<U8x3>::from_buffer(source.width, source.height, &source.data)
         .map_err(|e| Bad(format!("resize: {e}")))?;
-    let mut dst = Image::new(width, height, PixelType::U8x3);
-    // Lanczos3 convolution is the default algorithm; the crop keeps the aspect ratio.
+    let mut data = vec![0; width as usize * height as usize * 3];
+    let mut dst = TypedImage::<U8x3>::from_buffer(width, height, &mut data)
+        .map_err(|e| Bad(format!("resize: {e}")))?;
+    // Lanczos3 convolution is the default algorithm; the crop keeps the aspect ratio. Typed to
+    // RGB so that only that pixel type's code is compiled in.
     let options = ResizeOptions::new().fit_into_destination(Some((0.5, 0.5)));
     Resizer::new()
-        .resize(&src, &mut dst, &options)
+        .resize_typed(&src, &mut dst, &options)
         .map_err(|e| Bad(format!("resize: {e}")))?;
     Ok(Rgb {
         width,
         height,
-        data: dst.into_vec(),
+        data,
     })
 }
 
