@@ -118,7 +118,8 @@ pub struct Article {
     /// Sanitised HTML for the post (no title: WordPress shows it); only once completed.
     pub content: Option<String>,
     pub tokens_used: i64,
-    /// Raits the site's owner paid (0 for an operator's site or after a refund).
+    /// Raits the site's owner was charged (0 for an operator's site); a failed article's
+    /// charge is refunded in the ledger.
     pub cost_raits: i64,
     pub wp_post_id: Option<i64>,
     pub url: Option<String>,

@@ -272,7 +272,9 @@ pub struct Filter {
     pub status: Option<String>,
 }
 
-/// A page of a site's articles, newest first, and how many match in all.
+/// A page of a site's articles, newest first, and how many match in all. The filters are
+/// written into the SQL only when given, so each shape finds its index
+/// (`articles_site`, `articles_site_session`, `articles_site_status`).
 pub fn list(
     conn: &Connection,
     site_id: &str,
@@ -280,22 +282,30 @@ pub fn list(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<Row>, i64), db::Error> {
-    let condition =
-        "site_id = ?1 and (?2 is null or session_id = ?2) and (?3 is null or status = ?3)";
+    let mut condition = String::from("site_id = ?1");
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&site_id];
+    if let Some(session_id) = &filter.session_id {
+        args.push(session_id);
+        condition.push_str(&format!(" and session_id = ?{}", args.len()));
+    }
+    if let Some(status) = &filter.status {
+        args.push(status);
+        condition.push_str(&format!(" and status = ?{}", args.len()));
+    }
     let total: i64 = conn
         .prepare_cached(&format!("select count(*) from articles where {condition}"))?
-        .query_row(params![site_id, filter.session_id, filter.status], |r| {
-            r.get(0)
-        })?;
+        .query_row(args.as_slice(), |r| r.get(0))?;
+    let n = args.len();
+    args.push(&limit);
+    args.push(&offset);
     let rows = conn
         .prepare_cached(&format!(
             "select {COLUMNS} from articles where {condition}
-             order by created_at desc, id desc limit ?4 offset ?5"
+             order by created_at desc, id desc limit ?{} offset ?{}",
+            n + 1,
+            n + 2
         ))?
-        .query_map(
-            params![site_id, filter.session_id, filter.status, limit, offset],
-            row_from,
-        )?
+        .query_map(args.as_slice(), row_from)?
         .collect::<Result<_, _>>()?;
     Ok((rows, total))
 }
