@@ -3,8 +3,8 @@
 //!
 //! The model's text is untrusted: raw HTML in it is escaped or dropped, links keep only
 //! http/https/mailto targets and get `rel="noopener noreferrer nofollow"`. A leading `# Title`
-//! is dropped — WordPress prints the post title itself — and any other H1 is demoted to H2, so
-//! the post has one title; `h5`/`h6` stay as written.
+//! is dropped — WordPress prints the post title itself — any other H1 is demoted to H2, so
+//! the post has one title, and H5/H6 become H4 (a post's headings are H2–H4).
 
 use std::collections::HashSet;
 
@@ -45,19 +45,17 @@ pub fn render(markdown: &str) -> String {
     strip_title(&mut events);
     let events = events.into_iter().map(|event| match event {
         Event::Start(Tag::Heading {
-            level: HeadingLevel::H1,
+            level,
             id,
             classes,
             attrs,
         }) => Event::Start(Tag::Heading {
-            level: HeadingLevel::H2,
+            level: post_level(level),
             id,
             classes,
             attrs,
         }),
-        Event::End(TagEnd::Heading(HeadingLevel::H1)) => {
-            Event::End(TagEnd::Heading(HeadingLevel::H2))
-        }
+        Event::End(TagEnd::Heading(level)) => Event::End(TagEnd::Heading(post_level(level))),
         // Raw HTML from the model is shown as text, never interpreted.
         Event::Html(html) | Event::InlineHtml(html) => Event::Text(html),
         other => other,
@@ -65,6 +63,15 @@ pub fn render(markdown: &str) -> String {
     let mut html = String::with_capacity(markdown.len() * 5 / 4);
     pulldown_cmark::html::push_html(&mut html, events);
     sanitise(&html)
+}
+
+/// A heading's level in a post: H2–H4.
+fn post_level(level: HeadingLevel) -> HeadingLevel {
+    match level {
+        HeadingLevel::H1 => HeadingLevel::H2,
+        HeadingLevel::H5 | HeadingLevel::H6 => HeadingLevel::H4,
+        other => other,
+    }
 }
 
 /// Drops a leading H1 (the title) and everything inside it.
@@ -134,10 +141,14 @@ mod tests {
     }
 
     #[test]
-    fn a_later_h1_is_demoted() {
-        let html = render("Вступление\n\n# Второй\n\nтекст");
+    fn headings_stay_within_h2_to_h4() {
+        let html = render("Вступление\n\n# Второй\n\nтекст\n\n##### Мелкий\n\n###### Совсем");
         assert!(html.contains("<h2>Второй</h2>"), "{html}");
-        assert!(!html.contains("<h1"), "{html}");
+        assert!(html.contains("<h4>Мелкий</h4>"), "{html}");
+        assert!(html.contains("<h4>Совсем</h4>"), "{html}");
+        for tag in ["<h1", "<h5", "<h6"] {
+            assert!(!html.contains(tag), "{tag} in {html}");
+        }
     }
 
     #[test]
