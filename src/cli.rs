@@ -1,5 +1,5 @@
-//! The command line of CONTRACT §1: `serve`, `migrate`, `user …`, `config check`, `backup`,
-//! `restore`.
+//! The command line of CONTRACT §1: `serve`, `migrate`, `user …`, `site …`, `config check`,
+//! `backup`, `restore`.
 //!
 //! Exit codes: 0 success, 1 failure (message on stderr), 2 usage error — clap's own errors
 //! and values that cannot be right whatever the database holds (a malformed email, `--raits 0`).
@@ -16,7 +16,7 @@ use crate::app::{self, AppState};
 use crate::billing::{self, ledger};
 use crate::config::{self, Config, Flags, ProcessEnv, SETTINGS, Source};
 use crate::db::{self, Db, migrate};
-use crate::{server, telemetry, users};
+use crate::{legacy, server, telemetry, users};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +49,9 @@ pub enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage WordPress sites (the plugin API).
+    #[command(subcommand)]
+    Site(SiteCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -143,6 +146,37 @@ pub struct CreateUser {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SiteCommand {
+    /// Register a site; prints `site_id: <id>` and `access_password: <password>` (shown once).
+    Create {
+        /// The site's domain, e.g. blog.example.com (unique, case-insensitive).
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The user whose raits pay for the site's articles; without, the site is the
+        /// operator's own and its articles cost nothing.
+        #[arg(long, value_name = "EMAIL")]
+        owner: Option<String>,
+    },
+    /// List sites with owner and article counts (tab-separated with a header, or JSON).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a site a new access password (printed once); the old one stops working at once.
+    RotatePassword {
+        #[arg(long)]
+        domain: String,
+    },
+    /// Remove a site; its articles stay, detached.
+    Delete {
+        #[arg(long)]
+        domain: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ToolsCommand {
     /// Loads every prompt file (built-in, or EASY_WRITER_PROMPTS_DIR); prints `file: problem`
     /// lines and exits 1 on any problem.
@@ -232,6 +266,7 @@ async fn run(command: Command, loaded: config::Loaded) -> Outcome {
         Command::Serve { .. } => serve(loaded.config).await,
         Command::Migrate { status } => run_migrate(&loaded.config, status),
         Command::User(command) => run_user(command, &loaded.config).await,
+        Command::Site(command) => run_site(command, &loaded.config).await,
         Command::Config(ConfigCommand::Check) => {
             print!("{}", config_report(&loaded));
             Ok(())
@@ -566,6 +601,164 @@ async fn reset_password(args: ResetPassword, config: &Config) -> Outcome {
         return Err(anyhow!("no user with email {email}").into());
     };
     println!("{email}: password set, {revoked} session(s) revoked");
+    Ok(())
+}
+
+async fn run_site(command: SiteCommand, config: &Config) -> Outcome {
+    match command {
+        SiteCommand::Create {
+            domain,
+            name,
+            owner,
+        } => create_site(config, &domain, name, owner).await,
+        SiteCommand::List { json } => list_sites(config, json).await,
+        SiteCommand::RotatePassword { domain } => rotate_site_password(config, &domain).await,
+        SiteCommand::Delete { domain } => delete_site(config, &domain).await,
+    }
+}
+
+/// A domain as stored: trimmed, lowercase, without a scheme or a trailing slash; a usage
+/// error when it cannot be one.
+fn site_domain(raw: &str) -> Result<String, Failure> {
+    let text = raw.trim().to_lowercase();
+    let text = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .unwrap_or(&text)
+        .trim_end_matches('/')
+        .to_owned();
+    let ok = !text.is_empty()
+        && text.len() <= 253
+        && text
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | ':' | '/' | '_'));
+    if !ok {
+        return Err(Failure::Usage(format!("not a site domain: {raw:?}")));
+    }
+    Ok(text)
+}
+
+async fn create_site(
+    config: &Config,
+    domain: &str,
+    name: Option<String>,
+    owner: Option<String>,
+) -> Outcome {
+    let domain = site_domain(domain)?;
+    let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    if name.as_ref().is_some_and(|n| n.chars().count() > 100) {
+        return Err(Failure::Usage(
+            "--name must be at most 100 characters".into(),
+        ));
+    }
+    let db = app::open_db(config)?;
+    let password = legacy::new_password();
+    let digest = legacy::password_digest(&password);
+    let created = {
+        let (domain, owner) = (domain.clone(), owner.clone());
+        db.write(move |tx| {
+            let owner_id = match &owner {
+                Some(email) => match users::store::by_email(tx, email.trim())? {
+                    Some(user) => Some(user.id),
+                    None => return Ok(None),
+                },
+                None => None,
+            };
+            legacy::store::insert_site(tx, &domain, name.as_deref(), owner_id.as_deref(), &digest)
+                .map(Some)
+        })
+        .await
+    };
+    let site = match created {
+        Ok(Some(site)) => site,
+        Ok(None) => {
+            return Err(anyhow!("no user with email {}", owner.unwrap_or_default().trim()).into());
+        }
+        Err(legacy::store::SiteError::DomainTaken) => {
+            return Err(anyhow!("a site with domain {domain} already exists").into());
+        }
+        Err(legacy::store::SiteError::Db(e)) => return Err(e.into()),
+    };
+    println!("site_id: {}", site.id);
+    println!("access_password: {password}");
+    Ok(())
+}
+
+async fn list_sites(config: &Config, as_json: bool) -> Outcome {
+    let db = app::open_db(config)?;
+    let sites = db
+        .read(legacy::store::list_sites)
+        .await
+        .map_err(anyhow::Error::from)?;
+    if as_json {
+        let items: Vec<_> = sites
+            .iter()
+            .map(|s| {
+                json!({
+                    "id": s.site.id, "domain": s.site.domain, "name": s.site.name,
+                    "owner": s.owner_email, "created_at": s.created_at,
+                    "articles": {
+                        "total": s.articles, "completed": s.completed,
+                        "published": s.published, "failed": s.failed,
+                    },
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&items).map_err(anyhow::Error::from)?
+        );
+    } else {
+        println!("id\tdomain\tname\towner\tarticles\tcompleted\tpublished\tfailed\tcreated_at");
+        for s in sites {
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                s.site.id,
+                s.site.domain,
+                s.site.name.as_deref().unwrap_or(""),
+                s.owner_email.as_deref().unwrap_or(""),
+                s.articles,
+                s.completed,
+                s.published,
+                s.failed,
+                s.created_at
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn rotate_site_password(config: &Config, domain: &str) -> Outcome {
+    let domain = site_domain(domain)?;
+    let db = app::open_db(config)?;
+    let password = legacy::new_password();
+    let digest = legacy::password_digest(&password);
+    let found = {
+        let domain = domain.clone();
+        db.write(move |tx| legacy::store::set_password(tx, &domain, &digest))
+            .await
+            .map_err(anyhow::Error::from)?
+    };
+    if !found {
+        return Err(anyhow!("no site with domain {domain}").into());
+    }
+    println!("access_password: {password}");
+    Ok(())
+}
+
+async fn delete_site(config: &Config, domain: &str) -> Outcome {
+    let domain = site_domain(domain)?;
+    let db = app::open_db(config)?;
+    let found = {
+        let domain = domain.clone();
+        db.write(move |tx| legacy::store::delete_site(tx, &domain))
+            .await
+            .map_err(anyhow::Error::from)?
+    };
+    if !found {
+        return Err(anyhow!("no site with domain {domain}").into());
+    }
+    println!("{domain}: deleted (its articles are kept, detached)");
     Ok(())
 }
 

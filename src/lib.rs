@@ -26,6 +26,8 @@ pub mod idempotency;
 pub mod images;
 /// The paid-work path, the job runner, the hub where watchers follow jobs, WebSockets.
 pub mod jobs;
+/// The WordPress plugin API of the original service: sites, articles, statistics.
+pub mod legacy;
 /// AI text generation: providers, router, metrics.
 pub mod llm;
 /// Letters to users (password reset, email verification) over SMTP.

@@ -25,7 +25,7 @@ use crate::error::{self, ApiError};
 use crate::jobs::{self, ws};
 use crate::request::BODY_LIMIT;
 use crate::request::ClientIp;
-use crate::{auth, db, gallery, generation, tools, users};
+use crate::{auth, db, gallery, generation, legacy, tools, users};
 
 /// Where the OpenAPI document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -39,6 +39,7 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
         (name = "tools", description = "Tabs, tools and execution"),
         (name = "generation", description = "Generation history"),
         (name = "images", description = "Pictures: generate, upscale, list, files"),
+        (name = "wordpress", description = "The WordPress plugin API (X-Access-Password)"),
         (name = "user", description = "Profile, balance, transactions, password"),
         (name = "system", description = "Health and metrics"),
     )
@@ -49,19 +50,23 @@ struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(
-                "bearer",
-                SecurityScheme::Http(
-                    HttpBuilder::new()
-                        .scheme(HttpAuthScheme::Bearer)
-                        .bearer_format("JWT")
-                        .build(),
-                ),
-            );
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "access_password",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Access-Password"))),
+        );
     }
 }
 
@@ -78,7 +83,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
                 .merge(tools::routes::router())
                 .merge(generation::routes::router())
                 .merge(gallery::routes::router())
-                .merge(users::routes::router()),
+                .merge(users::routes::router())
+                .merge(legacy::routes::router()),
         )
         .split_for_parts()
 }
@@ -178,12 +184,19 @@ pub async fn serve(
     let images = gallery::work::Recovery {
         db: state.db.clone(),
     };
+    let articles = legacy::work::Recovery {
+        deps: legacy::work::Deps {
+            db: state.db.clone(),
+            llm: state.llm.clone(),
+        },
+        tools: state.tools.clone(),
+    };
     let files = state.gallery.files.clone();
     match tokio::task::spawn_blocking(move || files.clean_temporary()).await {
         Ok(0) | Err(_) => {}
         Ok(removed) => tracing::info!(removed, "removed image files a crash left half-written"),
     }
-    if let Err(e) = jobs::work::recover(&state.jobs, &[&generations, &images]).await {
+    if let Err(e) = jobs::work::recover(&state.jobs, &[&generations, &images, &articles]).await {
         return Err(std::io::Error::other(format!(
             "cannot recover interrupted generations: {e:#}"
         )));

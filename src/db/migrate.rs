@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_images",
         sql: include_str!("../../migrations/0006_images.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_wordpress",
+        sql: include_str!("../../migrations/0007_wordpress.sql"),
+    },
 ];
 
 /// A migration with whether it has been applied, for `migrate --status`.

@@ -58,8 +58,8 @@ pub struct Generation {
     pub input: Value,
 }
 
-/// The contract's failure for what the text providers said.
-fn failure(failure: pipeline::Failure) -> Failure {
+/// The contract's failure for what the text providers said (shared with WordPress articles).
+pub fn failure(failure: pipeline::Failure) -> Failure {
     match failure {
         pipeline::Failure::Unavailable(unavailable) => {
             let refused = !unavailable.attempts.is_empty()

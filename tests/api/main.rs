@@ -22,4 +22,5 @@ mod proxy;
 mod restore;
 mod router;
 mod tools;
+mod wordpress;
 mod yandexgpt;
