@@ -123,11 +123,16 @@ impl Work for Article {
 
     async fn settle(&self, ended: Result<Produced, Failure>) -> Result<Done, billing::Error> {
         let id = self.article_id.clone();
-        // Rendering is pure CPU on untrusted text of bounded size: done before the write.
-        let ended = ended.map(|produced| {
-            let content = html::render(&produced.text);
-            (produced, content)
-        });
+        // Rendering is CPU work on untrusted text: on the blocking pool, before the write.
+        let ended = match ended {
+            Ok(produced) => tokio::task::spawn_blocking(move || {
+                let content = html::render(&produced.text);
+                (produced, content)
+            })
+            .await
+            .map_err(|_| Failure::new("provider_error", "The article could not be rendered")),
+            Err(failure) => Err(failure),
+        };
         let row = self
             .deps
             .db
