@@ -70,6 +70,36 @@ async fn generate_and_watch(app: &TestApp, user: &Session, format: &str) -> (Vec
     (events, image)
 }
 
+/// Upscales image `id` and waits for the final event on `/ws/image/{id}`; returns the events
+/// and the image as `GET /images/{id}` shows it then.
+async fn upscale_and_watch(
+    app: &TestApp,
+    user: &Session,
+    id: &str,
+    scale: u32,
+) -> (Vec<Value>, Value) {
+    let path = format!("/api/v1/images/{id}/upscale");
+    let response = app
+        .post_authed(&path, &user.access_token, &json!({"scale": scale}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let mut ws = Watcher::connect(
+        app.addr,
+        &format!("/ws/image/{id}"),
+        Some(&user.access_token),
+    )
+    .await;
+    assert_eq!(ws.event().await["event"], "connected");
+    let events = ws.until_final().await;
+    let image = app
+        .get_authed(&format!("/api/v1/images/{id}"), &user.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    (events, image)
+}
+
 async fn fetch(app: &TestApp, url: &str) -> reqwest::Response {
     app.client.get(url).send().await.unwrap()
 }
@@ -309,29 +339,8 @@ async fn upscaling_a_picture_is_paid_watched_and_refunded_when_it_fails() {
     let (app, _fake, user) = app_with_user(100).await;
     let (_, image) = generate_and_watch(&app, &user, "messenger").await;
     let id = image["id"].as_str().unwrap().to_owned();
-    let response = app
-        .post_authed(
-            &format!("/api/v1/images/{id}/upscale"),
-            &user.access_token,
-            &json!({"scale": 4}),
-        )
-        .await;
-    assert_eq!(response.status(), 202);
-    let mut ws = Watcher::connect(
-        app.addr,
-        &format!("/ws/image/{id}"),
-        Some(&user.access_token),
-    )
-    .await;
-    assert_eq!(ws.event().await["event"], "connected");
-    let events = ws.until_final().await;
+    let (events, image) = upscale_and_watch(&app, &user, &id, 4).await;
     assert_eq!(events.last().unwrap()["event"], "completed", "{events:?}");
-    let image: Value = app
-        .get_authed(&format!("/api/v1/images/{id}"), &user.access_token)
-        .await
-        .json()
-        .await
-        .unwrap();
     assert_eq!(image["status"], "completed");
     let upscaled = fetch(&app, image["upscaled_url"].as_str().unwrap()).await;
     assert_eq!(png_size(&upscaled.bytes().await.unwrap()), (2048, 2048));
@@ -363,29 +372,8 @@ async fn an_upscale_that_fails_costs_nothing_and_leaves_the_picture() {
         .data_dir()
         .join(format!("uploads/images/{}/{id}.png", user.user_id));
     std::fs::remove_file(&file).unwrap();
-    let response = app
-        .post_authed(
-            &format!("/api/v1/images/{id}/upscale"),
-            &user.access_token,
-            &json!({"scale": 2}),
-        )
-        .await;
-    assert_eq!(response.status(), 202);
-    let mut ws = Watcher::connect(
-        app.addr,
-        &format!("/ws/image/{id}"),
-        Some(&user.access_token),
-    )
-    .await;
-    assert_eq!(ws.event().await["event"], "connected");
-    let events = ws.until_final().await;
+    let (events, image) = upscale_and_watch(&app, &user, id, 2).await;
     assert_eq!(events.last().unwrap()["event"], "error", "{events:?}");
-    let image: Value = app
-        .get_authed(&format!("/api/v1/images/{id}"), &user.access_token)
-        .await
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
         image["status"], "completed",
         "the picture row itself is unchanged"
