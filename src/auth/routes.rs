@@ -15,7 +15,7 @@ use super::throttle::Key;
 use super::{Auth, Error, jwt};
 use crate::app::AppState;
 use crate::billing::ledger;
-use crate::error::{ApiError, ErrorBody, FieldError};
+use crate::error::{ApiError, ErrorBody};
 use crate::request::{AppJson, ClientIp};
 use crate::users::{self, UserResponse};
 
@@ -194,23 +194,8 @@ async fn login(
 ) -> Result<SignedIn, ApiError> {
     let auth = &state.auth;
     // Bounded before anything is keyed or looked up.
-    if body.email.chars().count() > users::EMAIL_MAX {
-        return Err(ApiError::validation(vec![FieldError::body(
-            "email",
-            format!("email must be at most {} characters", users::EMAIL_MAX),
-            "value_error",
-        )]));
-    }
-    if body.password.chars().count() > users::PASSWORD_MAX {
-        return Err(ApiError::validation(vec![FieldError::body(
-            "password",
-            format!(
-                "password must be at most {} characters",
-                users::PASSWORD_MAX
-            ),
-            "value_error",
-        )]));
-    }
+    users::within("email", &body.email, users::EMAIL_MAX)?;
+    users::within("password", &body.password, users::PASSWORD_MAX)?;
     let email = body.email.trim().to_owned();
     let folded = email.to_lowercase();
     let limits = auth.limits;

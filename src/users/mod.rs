@@ -41,6 +41,19 @@ impl Email {
     }
 }
 
+/// `422` when a body field is longer than `max` characters: checked before the value is
+/// keyed, hashed or looked up, so oversized input costs nothing.
+pub fn within(field: &str, value: &str, max: usize) -> Result<(), crate::error::ApiError> {
+    if value.chars().count() > max {
+        return Err(crate::error::ApiError::validation(vec![FieldError::body(
+            field,
+            format!("{field} must be at most {max} characters"),
+            "value_error",
+        )]));
+    }
+    Ok(())
+}
+
 /// Checks a new password's length, the one rule the contract fixes.
 pub fn check_password(password: &str) -> Result<(), String> {
     let len = password.chars().count();

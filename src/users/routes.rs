@@ -157,16 +157,11 @@ async fn change_password(
     super::check_password(&body.new_password).map_err(|m| {
         ApiError::validation(vec![FieldError::body("new_password", m, "value_error")])
     })?;
-    if body.current_password.chars().count() > super::PASSWORD_MAX {
-        return Err(ApiError::validation(vec![FieldError::body(
-            "current_password",
-            format!(
-                "password must be at most {} characters",
-                super::PASSWORD_MAX
-            ),
-            "value_error",
-        )]));
-    }
+    super::within(
+        "current_password",
+        &body.current_password,
+        super::PASSWORD_MAX,
+    )?;
     let Some(stored) = current.user.hashed_password.clone() else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -98,13 +98,7 @@ async fn forgot_password(
         return Err(Error::MailNotConfigured.into());
     };
     // Bounded before anything is keyed or looked up.
-    if body.email.chars().count() > users::EMAIL_MAX {
-        return Err(ApiError::validation(vec![FieldError::body(
-            "email",
-            format!("email must be at most {} characters", users::EMAIL_MAX),
-            "value_error",
-        )]));
-    }
+    users::within("email", &body.email, users::EMAIL_MAX)?;
     count_mail_request(&state, &body.email, ip)?;
     let email = body.email;
     let issued = state
