@@ -256,6 +256,16 @@ pub fn open_upscale(
     )))
 }
 
+/// The picture's current upscaled file, which a new upscale replaces (and the caller removes
+/// from disk once the replacement is committed).
+pub fn upscaled_file(
+    conn: &Connection,
+    user_id: &str,
+    id: &str,
+) -> Result<Option<String>, db::Error> {
+    Ok(by_id(conn, user_id, id)?.and_then(|r| r.upscaled_file))
+}
+
 /// Records a finished upscale (its file replaces an earlier one) and what it cost.
 pub fn complete_upscale(
     tx: &Connection,
@@ -286,20 +296,28 @@ pub fn complete_upscale(
 }
 
 /// Records an upscale made by an image tool's session (which paid for it) on the picture.
+/// Returns the file nothing points at any more: the upscale it replaced, or the new one when
+/// the picture was deleted meanwhile — for the caller to remove once this is committed.
 pub fn set_upscaled(
     tx: &Connection,
     user_id: &str,
     id: &str,
     file: &str,
     size: (u32, u32),
-) -> Result<(), db::Error> {
-    tx.prepare_cached(
-        "update images set upscaled_file = ?3, upscaled_width = ?4, upscaled_height = ?5,
-                           updated_at = ?6
-         where id = ?1 and user_id = ?2",
-    )?
-    .execute(params![id, user_id, file, size.0, size.1, timestamp::now()])?;
-    Ok(())
+) -> Result<Option<String>, db::Error> {
+    let replaced = upscaled_file(tx, user_id, id)?;
+    let changed = tx
+        .prepare_cached(
+            "update images set upscaled_file = ?3, upscaled_width = ?4, upscaled_height = ?5,
+                               updated_at = ?6
+             where id = ?1 and user_id = ?2",
+        )?
+        .execute(params![id, user_id, file, size.0, size.1, timestamp::now()])?;
+    Ok(if changed == 0 {
+        Some(file.to_owned())
+    } else {
+        replaced
+    })
 }
 
 /// Records a failed upscale and refunds it; the picture itself stays as it was.

@@ -68,6 +68,14 @@ async fn store_file(
     }
 }
 
+/// Removes the upscaled file a newer upscale replaced (committed already: nothing points at it).
+pub async fn remove_replaced(files: &Files, replaced: Option<String>) {
+    if let Some(old) = replaced {
+        let files = files.clone();
+        let _ = tokio::task::spawn_blocking(move || files.remove(&old)).await;
+    }
+}
+
 /// Draws `request` (progress to `watch` as `processing`) and stores the picture as file `id`.
 pub async fn draw(
     deps: &Deps,
@@ -341,32 +349,40 @@ impl Work for Upscale {
             code: f.code.into(),
             message: f.message.clone(),
         });
-        let row = self
+        let (row, replaced) = self
             .deps
             .db
             .write(move |tx| match &ended {
-                Ok(stored) => Ok(store::complete_upscale(
-                    tx,
-                    &user_id,
-                    &id,
-                    &upscale_id,
-                    cost,
-                    &stored.relative,
-                    (stored.width, stored.height),
-                )?),
-                Err(failure) => store::fail_upscale(
-                    tx,
-                    &user_id,
-                    &id,
-                    &upscale_id,
-                    cost,
-                    &SessionError {
-                        code: failure.code.into(),
-                        message: failure.message.clone(),
-                    },
-                ),
+                Ok(stored) => {
+                    let replaced = store::upscaled_file(tx, &user_id, &id)?;
+                    let row = store::complete_upscale(
+                        tx,
+                        &user_id,
+                        &id,
+                        &upscale_id,
+                        cost,
+                        &stored.relative,
+                        (stored.width, stored.height),
+                    )?;
+                    Ok::<_, billing::Error>((row, replaced))
+                }
+                Err(failure) => Ok((
+                    store::fail_upscale(
+                        tx,
+                        &user_id,
+                        &id,
+                        &upscale_id,
+                        cost,
+                        &SessionError {
+                            code: failure.code.into(),
+                            message: failure.message.clone(),
+                        },
+                    )?,
+                    None,
+                )),
             })
             .await?;
+        remove_replaced(&self.deps.files, replaced).await;
         Ok(Done::new(row, &self.deps.links, Variant::Upscaled, failed))
     }
 }

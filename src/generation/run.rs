@@ -250,13 +250,16 @@ impl Work for Generation {
         let (user_id, id) = (self.user_id.clone(), self.session_id.clone());
         let links = self.deps.gallery.links.clone();
         let cost = self.tool.cost_for(self.mode, &self.input).unwrap_or(0);
-        self.deps
+        let (session, unused) = self
+            .deps
             .db
             .write(move |tx| {
+                let mut unused = None;
                 let session = match ended {
                     Ok(output) => {
-                        let (result, provider, tokens) =
+                        let (result, provider, tokens, replaced) =
                             record_output(tx, &user_id, &id, cost, output, &links)?;
+                        unused = replaced;
                         store::complete(
                             tx,
                             &user_id,
@@ -281,14 +284,16 @@ impl Work for Generation {
                 };
                 let (status, body) = session.answer();
                 idempotency::finish_work(tx, &id, status, &body)?;
-                Ok(session)
+                Ok::<_, billing::Error>((session, unused))
             })
-            .await
+            .await?;
+        gallery::work::remove_replaced(&self.deps.gallery.files, unused).await;
+        Ok(session)
     }
 }
 
 /// Writes what an output made (a picture's row, an upscale) and returns the session's
-/// result, provider and tokens.
+/// result, provider and tokens, and a file nothing points at any more (an upscale replaced).
 fn record_output(
     tx: &rusqlite::Connection,
     user_id: &str,
@@ -296,12 +301,13 @@ fn record_output(
     cost: i64,
     output: Output,
     links: &gallery::Links,
-) -> Result<(Value, String, i64), billing::Error> {
+) -> Result<(Value, String, i64, Option<String>), billing::Error> {
     Ok(match output {
         Output::Text(produced) => (
             Value::String(produced.text),
             produced.provider.as_str().to_owned(),
             produced.tokens as i64,
+            None,
         ),
         Output::Picture {
             stored,
@@ -331,11 +337,13 @@ fn record_output(
                     serde_json::json!({"text": text.text, "image_url": url, "image_id": row.id}),
                     text.provider.as_str().to_owned(),
                     text.tokens as i64,
+                    None,
                 ),
                 None => (
                     serde_json::json!({"image_id": row.id, "url": url}),
                     stored.provider.to_owned(),
                     0,
+                    None,
                 ),
             }
         }
@@ -344,7 +352,7 @@ fn record_output(
             provider,
             stored,
         } => {
-            gallery::store::set_upscaled(
+            let unused = gallery::store::set_upscaled(
                 tx,
                 user_id,
                 &image_id,
@@ -356,6 +364,7 @@ fn record_output(
                 serde_json::json!({"image_id": image_id, "url": url}),
                 provider.unwrap_or_else(|| "upscale".into()),
                 0,
+                unused,
             )
         }
     })

@@ -350,6 +350,21 @@ async fn upscaling_a_picture_is_paid_watched_and_refunded_when_it_fails() {
     assert_eq!(image["cost_raits"], 30);
     assert_eq!(app.balance_and_ledger_sum(&user.user_id), (70, 70));
 
+    // A second upscale replaces the first, on disk too.
+    let (events, image) = upscale_and_watch(&app, &user, &id, 2).await;
+    assert_eq!(events.last().unwrap()["event"], "completed", "{events:?}");
+    let upscaled = fetch(&app, image["upscaled_url"].as_str().unwrap()).await;
+    assert_eq!(png_size(&upscaled.bytes().await.unwrap()), (1024, 1024));
+    let dir = app
+        .data_dir()
+        .join(format!("uploads/images/{}", user.user_id));
+    assert_eq!(
+        std::fs::read_dir(dir).unwrap().count(),
+        2,
+        "the picture and one upscale"
+    );
+    assert_eq!(app.balance_and_ledger_sum(&user.user_id), (60, 60));
+
     for bad in [json!({"scale": 3}), json!({"scale": "2"}), json!({})] {
         let response = app
             .post_authed(
