@@ -77,6 +77,10 @@ settings! {
     "RAITS_PER_RUB" => "payments"."raits_per_rub": Int,
     "EASY_WRITER_PAYMENT_MIN_RUB" => "payments"."payment_min_rub": Int,
     "EASY_WRITER_PAYMENT_MAX_RUB" => "payments"."payment_max_rub": Int,
+    "EASY_WRITER_RECEIPTS" => "payments"."receipts": Str,
+    "EASY_WRITER_RECEIPT_TAXATION" => "payments"."receipt_taxation": Str,
+    "EASY_WRITER_RECEIPT_VAT" => "payments"."receipt_vat": Str,
+    "EASY_WRITER_RECEIPT_ITEM_NAME" => "payments"."receipt_item_name": Str,
     "OPENAI_API_KEY" => "openai"."api_key": Str,
     "OPENAI_MODEL" => "openai"."model": Str,
     "OPENAI_PROXY_URL" => "openai"."proxy_url": Str,
@@ -409,6 +413,11 @@ pub struct Payments {
     pub raits_per_rub: i64,
     pub payment_min_rub: i64,
     pub payment_max_rub: i64,
+    /// `off`, or `on`: create requests carry a fiscal receipt.
+    pub receipts: String,
+    pub receipt_taxation: String,
+    pub receipt_vat: String,
+    pub receipt_item_name: String,
 }
 
 impl Default for Payments {
@@ -417,7 +426,26 @@ impl Default for Payments {
             raits_per_rub: 10,
             payment_min_rub: 100,
             payment_max_rub: 100_000,
+            receipts: "off".into(),
+            receipt_taxation: "usn_income".into(),
+            receipt_vat: "none".into(),
+            receipt_item_name: "Пополнение баланса Easy Writer".into(),
         }
+    }
+}
+
+impl Payments {
+    /// The receipt every create request carries, or `None` with `EASY_WRITER_RECEIPTS=off`.
+    /// Valid once [`Config::validate`] has passed.
+    pub fn receipt(&self) -> Option<crate::payments::Receipt> {
+        if self.receipts != "on" {
+            return None;
+        }
+        Some(crate::payments::Receipt {
+            taxation: crate::payments::Taxation::parse(&self.receipt_taxation)?,
+            vat: crate::payments::Vat::parse(&self.receipt_vat)?,
+            item_name: self.receipt_item_name.clone(),
+        })
     }
 }
 
@@ -813,6 +841,42 @@ impl Config {
         }
         if self.auth.login_max_failures == 0 || self.auth.login_max_failures_per_ip == 0 {
             return Err(invalid("auth", "login_max_failures", "must be at least 1"));
+        }
+        if !matches!(
+            self.robokassa.hash.as_str(),
+            "md5" | "sha1" | "sha256" | "sha384" | "sha512"
+        ) {
+            return Err(invalid(
+                "robokassa",
+                "hash",
+                "must be md5, sha1, sha256, sha384 or sha512 (the shop's setting)",
+            ));
+        }
+        if !matches!(self.payments.receipts.as_str(), "on" | "off") {
+            return Err(invalid("payments", "receipts", "must be on or off"));
+        }
+        if crate::payments::Taxation::parse(&self.payments.receipt_taxation).is_none() {
+            return Err(invalid(
+                "payments",
+                "receipt_taxation",
+                "must be osn, usn_income, usn_income_outcome, esn or patent",
+            ));
+        }
+        if crate::payments::Vat::parse(&self.payments.receipt_vat).is_none() {
+            return Err(invalid(
+                "payments",
+                "receipt_vat",
+                "must be none, vat0, vat5, vat7, vat10, vat20, vat22, vat105, vat107, vat110, \
+                 vat120 or vat122",
+            ));
+        }
+        let item = self.payments.receipt_item_name.trim();
+        if item.is_empty() || item.chars().count() > 128 {
+            return Err(invalid(
+                "payments",
+                "receipt_item_name",
+                "must be 1 to 128 characters",
+            ));
         }
         if self.payments.raits_per_rub <= 0 {
             return Err(invalid("payments", "raits_per_rub", "must be positive"));

@@ -32,6 +32,8 @@ pub mod legacy;
 pub mod llm;
 /// Letters to users (password reset, email verification) over SMTP.
 pub mod mail;
+/// Top-ups through the four payment providers, credited exactly once.
+pub mod payments;
 /// Extractors shared by all routes.
 pub mod request;
 /// Router, middleware and serving.
