@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::jobs::{self, ws};
 use crate::llm::{self, LlmRouter};
-use crate::{gallery, images, mail, tools};
+use crate::{gallery, images, mail, payments, tools};
 
 /// Cheap to clone; every field is shared.
 #[derive(Clone)]
@@ -39,6 +39,8 @@ pub struct AppState {
     pub images: Arc<images::Images>,
     /// Users' pictures: the database, the uploads directory, the signed links, `images`.
     pub gallery: gallery::work::Deps,
+    /// The configured payment providers and the top-up settings around them.
+    pub payments: Arc<payments::Payments>,
 }
 
 impl AppState {
@@ -99,7 +101,9 @@ impl AppState {
             config.jobs.job_concurrency as usize,
             std::time::Duration::from_secs(config.jobs.shutdown_grace_secs),
         );
+        let payments = Arc::new(payments::Payments::from_config(&config)?);
         Ok(AppState {
+            payments,
             tools,
             oauth: Arc::new(oauth),
             jobs: runner,

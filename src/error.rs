@@ -112,15 +112,21 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.code
     }
+
+    /// The JSON body this error is answered with (stored for an `Idempotency-Key` replay).
+    pub fn body_json(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("detail".into(), self.detail.clone());
+        body.insert("code".into(), json!(self.code));
+        body.extend(self.extra.clone());
+        Value::Object(body)
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = Map::new();
-        body.insert("detail".into(), self.detail);
-        body.insert("code".into(), json!(self.code));
-        body.extend(self.extra);
-        let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
+        let body = self.body_json();
+        let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

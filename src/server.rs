@@ -25,7 +25,7 @@ use crate::error::{self, ApiError};
 use crate::jobs::{self, ws};
 use crate::request::BODY_LIMIT;
 use crate::request::ClientIp;
-use crate::{auth, db, gallery, generation, legacy, tools, users};
+use crate::{auth, db, gallery, generation, legacy, payments, tools, users};
 
 /// Where the OpenAPI document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
@@ -84,7 +84,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
                 .merge(generation::routes::router())
                 .merge(gallery::routes::router())
                 .merge(users::routes::router())
-                .merge(legacy::routes::router()),
+                .merge(legacy::routes::router())
+                .merge(payments::routes::router()),
         )
         .split_for_parts()
 }
@@ -201,6 +202,12 @@ pub async fn serve(
             "cannot recover interrupted generations: {e:#}"
         )));
     }
+    if let Err(e) = payments::reconcile::recover(&state.db).await {
+        return Err(std::io::Error::other(format!(
+            "cannot recover interrupted payments: {e:#}"
+        )));
+    }
+    let reconciler = payments::reconcile::spawn(state.db.clone(), state.payments.clone());
     let pruner = tokio::spawn(auth::prune_periodically(state.db.clone()));
     let watcher = tokio::spawn(state.tools.clone().watch());
     let stopping = tokio_util::sync::CancellationToken::new();
@@ -228,6 +235,7 @@ pub async fn serve(
     let (served, ()) = tokio::join!(serving, draining);
     pruner.abort();
     watcher.abort();
+    reconciler.abort();
     served
 }
 

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_wordpress",
         sql: include_str!("../../migrations/0007_wordpress.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_payments",
+        sql: include_str!("../../migrations/0008_payments.sql"),
+    },
 ];
 
 /// A migration with whether it has been applied, for `migrate --status`.

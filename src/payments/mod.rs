@@ -10,8 +10,13 @@
 pub mod cloudpayments;
 pub mod gateway;
 pub mod money;
+pub mod reconcile;
 pub mod robokassa;
+pub mod routes;
+pub mod settle;
+pub mod store;
 pub mod tbank;
+pub mod webhook;
 pub mod yookassa;
 
 use std::time::Duration;
@@ -104,4 +109,68 @@ pub fn gateways(config: &Config) -> anyhow::Result<Vec<Gateway>> {
         out.push(Gateway::TBank(p));
     }
     Ok(out)
+}
+
+/// The configured providers with what the routes need around them.
+pub struct Payments {
+    gateways: Vec<Gateway>,
+    pub min_rub: i64,
+    pub max_rub: i64,
+    pub raits_per_rub: i64,
+    receipt: Option<Receipt>,
+    frontend_url: String,
+    public_url: String,
+    /// Payments whose provider was asked lately on their owner's request, so a status page
+    /// polling every second asks the provider at most every [`ASK_INTERVAL`].
+    asked: moka::sync::Cache<String, ()>,
+}
+
+/// How often a status request may ask the provider about the same payment.
+pub const ASK_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Payments {
+    pub fn from_config(config: &Config) -> anyhow::Result<Payments> {
+        Ok(Payments {
+            gateways: gateways(config)?,
+            min_rub: config.payments.payment_min_rub,
+            max_rub: config.payments.payment_max_rub,
+            raits_per_rub: config.payments.raits_per_rub,
+            receipt: config.payments.receipt(),
+            frontend_url: config.server.frontend_origin().to_owned(),
+            public_url: config.server.public_url(),
+            asked: moka::sync::Cache::builder()
+                .time_to_live(ASK_INTERVAL)
+                // Keys are UUIDs: about 100 bytes each with moka's overhead.
+                .weigher(|k: &String, _| u32::try_from(k.len() + 64).unwrap_or(u32::MAX))
+                .max_capacity(4 * 1024 * 1024)
+                .build(),
+        })
+    }
+
+    pub fn gateway(&self, slug: Slug) -> Option<&Gateway> {
+        self.gateways.iter().find(|g| g.slug() == slug)
+    }
+
+    pub fn receipt(&self) -> Option<&Receipt> {
+        self.receipt.as_ref()
+    }
+
+    /// Where the payer's browser comes back to.
+    pub fn return_url(&self, payment_id: &str) -> String {
+        format!(
+            "{}/payments/return?payment_id={payment_id}",
+            self.frontend_url
+        )
+    }
+
+    /// The webhook URL given to a provider.
+    pub fn webhook_url(&self, slug: Slug) -> String {
+        format!("{}/api/v1/payments/webhook/{slug}", self.public_url)
+    }
+
+    /// True at most once per [`ASK_INTERVAL`] for a payment.
+    pub fn may_ask(&self, payment_id: &str) -> bool {
+        let entry = self.asked.entry(payment_id.to_owned()).or_insert(());
+        entry.is_fresh()
+    }
 }

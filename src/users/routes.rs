@@ -96,14 +96,22 @@ pub struct Balance {
 /// The caller's balance.
 #[utoipa::path(get, path = "/user/balance", tag = "user", security(("bearer" = [])),
     responses((status = 200, body = Balance)))]
-async fn get_balance(State(state): State<AppState>, current: CurrentUser) -> Json<Balance> {
-    Json(Balance {
+async fn get_balance(
+    State(state): State<AppState>,
+    current: CurrentUser,
+) -> Result<Json<Balance>, ApiError> {
+    let user_id = current.user.id.clone();
+    let pending = state
+        .db
+        .read(move |c| crate::payments::store::pending_count(c, &user_id))
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(Balance {
         balance: current.user.balance,
         currency: "raits",
         exchange_rate: state.config.payments.raits_per_rub,
-        // Payments arrive with their own issue; until then nothing can be pending.
-        pending_payments: 0,
-    })
+        pending_payments: pending,
+    }))
 }
 
 #[derive(Serialize, ToSchema)]
