@@ -137,7 +137,7 @@ impl CloudPayments {
             .map_err(|e| Failure(format!("cloudpayments find: {e}")))?
         {
             Ok(model) => model,
-            Err(message) if message.to_lowercase().contains("not found") => return Ok(None),
+            Err(message) if not_found(&message) => return Ok(None),
             Err(message) => return Err(Failure(format!("cloudpayments find: {message}"))),
         };
         transaction(&model, known.payment_id)
@@ -216,6 +216,12 @@ impl CloudPayments {
     fn authorization(&self) -> String {
         basic(&self.public_id, self.api_secret.expose())
     }
+}
+
+/// `Success:false` because no payment has this `InvoiceId` (yet).
+fn not_found(message: &str) -> bool {
+    let message = message.to_lowercase();
+    message.contains("not found") || message.contains("не найден")
 }
 
 /// Roubles as a JSON number built from the exact decimal text: whole roubles as an integer
@@ -1020,15 +1026,17 @@ mod tests {
             assert_eq!(body, json!({"InvoiceId": PAYMENT_ID}));
         }
 
-        server.reset().await;
-        Mock::given(method("POST"))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(json!({"Success": false, "Message": "Not found"})),
-            )
-            .mount(&server)
-            .await;
-        assert!(p.state(known).await.unwrap().is_none());
+        for message in ["Not found", "Платеж не найден"] {
+            server.reset().await;
+            Mock::given(method("POST"))
+                .respond_with(
+                    ResponseTemplate::new(200)
+                        .set_body_json(json!({"Success": false, "Message": message})),
+                )
+                .mount(&server)
+                .await;
+            assert!(p.state(known).await.unwrap().is_none(), "{message}");
+        }
 
         for answer in [
             ResponseTemplate::new(200)
