@@ -4,8 +4,7 @@
 //! Only the password pair of the configured mode is held: in test mode the test pair, else the
 //! live pair, so a notification signed with the other pair is forged. Signatures are taken over
 //! the strings exactly as sent (`OutSum` may arrive as `100.000000`); the hex is compared in
-//! constant time, ignoring case. Reconciliation (`OpStateExt`) is not implemented: `state` is
-//! always `Ok(None)`.
+//! constant time, ignoring case. Reconciliation asks `OpStateExt`, the XML status service.
 
 use md5::Md5;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -139,7 +138,7 @@ pub struct Robokassa {
     test: bool,
     hash: Hash,
     payment_url: String,
-    _http: reqwest::Client,
+    http: reqwest::Client,
 }
 
 impl Robokassa {
@@ -158,7 +157,7 @@ impl Robokassa {
             test: c.is_test,
             hash: Hash::parse(&c.hash)?,
             payment_url: c.payment_url.clone(),
-            _http: http,
+            http,
         })
     }
 
@@ -267,15 +266,106 @@ impl Robokassa {
         })
     }
 
-    /// Not reconciled: `OpStateExt` is not implemented yet.
-    pub async fn state(&self, _known: Known<'_>) -> Result<Option<State>, Failure> {
-        Ok(None)
+    /// Asks `OpStateExt` (XML, signed `MerchantLogin:InvoiceID:Password2`) on the origin of
+    /// `payment_url`. `Ok(None)` while Robokassa has no operation for our number (Result
+    /// Code 3: the payer has not reached the form yet).
+    pub async fn state(&self, known: Known<'_>) -> Result<Option<State>, Failure> {
+        let inv_id = known.number.to_string();
+        let mut url = reqwest::Url::parse(&self.payment_url)
+            .and_then(|u| u.join(OP_STATE_PATH))
+            .map_err(|e| Failure(format!("robokassa: payment_url is not a URL: {e}")))?;
+        let signature = self.hash.hex(&format!(
+            "{}:{inv_id}:{}",
+            self.login,
+            self.password2.expose()
+        ));
+        url.query_pairs_mut()
+            .append_pair("MerchantLogin", &self.login)
+            .append_pair("InvoiceID", &inv_id)
+            .append_pair("Signature", &signature);
+        // Errors drop the URL: it carries the signature.
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| Failure(format!("robokassa OpStateExt: {}", e.without_url())))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(Failure(format!("robokassa OpStateExt: HTTP {status}")));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Failure(format!("robokassa OpStateExt: {}", e.without_url())))?;
+        let xml = std::str::from_utf8(&bytes)
+            .map_err(|_| Failure("robokassa OpStateExt: answer is not UTF-8".into()))?;
+        let unreadable =
+            |what: &str| Failure(format!("robokassa OpStateExt: no {what} in the answer"));
+        let result = element(xml, &["Result", "Code"]).ok_or_else(|| unreadable("Result Code"))?;
+        match result.trim() {
+            "0" => {}
+            "3" => return Ok(None),
+            code => {
+                let description = element(xml, &["Result", "Description"]).unwrap_or_default();
+                return Err(Failure(format!(
+                    "robokassa OpStateExt: Result Code {code} {:?}",
+                    description.trim()
+                )));
+            }
+        }
+        let code = element(xml, &["State", "Code"])
+            .ok_or_else(|| unreadable("State Code"))?
+            .trim();
+        let (event, word) = match code {
+            "100" => (Event::Paid, "paid"),
+            "10" => (Event::Failed, "cancelled"),
+            "60" => (Event::Failed, "returned"),
+            "5" => (Event::Progress, "initiated"),
+            "50" => (Event::Progress, "processing"),
+            "80" => (Event::Progress, "suspended"),
+            _ => (Event::Progress, code),
+        };
+        let amount =
+            match element(xml, &["Info", "OutSum"]) {
+                Some(text) => Some(money::kopecks(text.trim()).ok_or_else(|| {
+                    Failure("robokassa OpStateExt: OutSum is not an amount".into())
+                })?),
+                None => None,
+            };
+        Ok(Some(Notice {
+            find: Find::Number(known.number),
+            event,
+            amount_kopecks: amount,
+            currency: None,
+            external_id: Some(inv_id),
+            account: None,
+            provider_status: word.to_owned(),
+            test: self.test,
+        }))
     }
+}
+
+/// The status service, on the payment page's host.
+const OP_STATE_PATH: &str = "/Merchant/WebService/Service.asmx/OpStateExt";
+
+/// The text inside nested elements (`["State", "Code"]` → `<State>…<Code>text</Code>…</State>`):
+/// enough for OpStateExt's flat, attribute-free answer without an XML parser.
+fn element<'a>(xml: &'a str, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(xml, |scope, name| {
+        let open = format!("<{name}>");
+        let start = scope.find(&open)? + open.len();
+        let rest = scope.get(start..)?;
+        let end = rest.find(&format!("</{name}>"))?;
+        rest.get(..end)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use axum::http::{HeaderMap, Method};
+    use wiremock::matchers::{method, path, query_param};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
     use crate::payments::{Taxation, Vat};
@@ -799,14 +889,108 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn state_is_not_reconciled() {
-        let r = robokassa(false, "md5");
+    fn op_state(result: &str, state: &str, out_sum: &str) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<OperationStateResponse xmlns="http://merchant.roboxchange.com/WebService/">
+  <Result><Code>{result}</Code><Description>описание</Description></Result>
+  <State><Code>{state}</Code><RequestDate>2026-11-27T10:00:00+03:00</RequestDate></State>
+  <Info><IncCurrLabel>BankCard</IncCurrLabel><IncSum>{out_sum}</IncSum>
+    <PaymentMethod><Code>BankCard</Code></PaymentMethod><OutSum>{out_sum}</OutSum></Info>
+</OperationStateResponse>"#
+        )
+    }
+
+    async fn state_with(answer: ResponseTemplate) -> Result<Option<State>, Failure> {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/Merchant/WebService/Service.asmx/OpStateExt"))
+            .and(query_param("MerchantLogin", LOGIN))
+            .and(query_param("InvoiceID", "42"))
+            // rk_opstate.
+            .and(query_param("Signature", "fb5b8c865de5b5a5fa563a74c8374e35"))
+            .respond_with(answer)
+            .expect(1)
+            .mount(&server)
+            .await;
+        let mut c = config(false, "md5");
+        c.robokassa.payment_url = format!("{}/Merchant/Index.aspx", server.uri());
+        let r = Robokassa::from_config(&c, reqwest::Client::new()).unwrap();
         let known = Known {
             payment_id: PAYMENT_ID,
             number: 42,
             external_id: Some("42"),
         };
-        assert!(r.state(known).await.unwrap().is_none());
+        r.state(known).await
+    }
+
+    fn xml(body: String) -> ResponseTemplate {
+        ResponseTemplate::new(200).set_body_raw(body, "text/xml; charset=utf-8")
+    }
+
+    #[tokio::test]
+    async fn state_asks_op_state_ext() {
+        let got = state_with(xml(op_state("0", "100", "150.000000"))).await;
+        assert_eq!(got.unwrap(), Some(paid(15_000, false)));
+        let got = state_with(xml(op_state("0", "10", "150.000000")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.event, got.provider_status.as_str()),
+            (Event::Failed, "cancelled")
+        );
+        let got = state_with(xml(op_state("0", "60", "150.00")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.event, Event::Failed);
+        for code in ["5", "50", "80", "7"] {
+            let got = state_with(xml(op_state("0", code, "150.00")))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.event, Event::Progress, "{code}");
+            assert_eq!(got.amount_kopecks, Some(15_000));
+        }
+        // Robokassa has no operation for the number yet.
+        assert!(
+            state_with(xml(op_state("3", "", "")))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn state_failures() {
+        for answer in [
+            xml(op_state("1", "", "")),
+            xml(op_state("1000", "", "")),
+            xml(op_state("0", "100", "lots")),
+            xml(
+                "<OperationStateResponse><Result><Code>0</Code></Result></OperationStateResponse>"
+                    .into(),
+            ),
+            xml("garbage".into()),
+            ResponseTemplate::new(200).set_body_bytes(vec![0xff, 0xfe]),
+            ResponseTemplate::new(500),
+            ResponseTemplate::new(404).set_body_string("<html/>"),
+        ] {
+            let err = state_with(answer).await.unwrap_err().0;
+            assert!(err.starts_with("robokassa OpStateExt"), "{err}");
+            assert!(!err.contains(PASS2) && !err.contains("fb5b8c865de5b5a5fa563a74c8374e35"));
+        }
+    }
+
+    #[test]
+    fn elements_are_read_without_panicking() {
+        let xml = "<A><B>1</B><C><B>2</B></C></A>";
+        assert_eq!(element(xml, &["A", "B"]), Some("1"));
+        assert_eq!(element(xml, &["C", "B"]), Some("2"));
+        assert_eq!(element(xml, &["D"]), None);
+        assert_eq!(element("<A>", &["A"]), None);
+        assert_eq!(element("</A><A>", &["A"]), None);
+        assert_eq!(element("<А>ж</А>", &["А"]), Some("ж"));
     }
 }
