@@ -82,9 +82,9 @@ fn event(
             amount_kopecks: amount?,
         },
         // The docs do not say whether `Amount` is then the part refunded or what remains
-        // (`Cancel` answers both as OriginalAmount/NewAmount), so no money moves on it.
-        // Everything else (NEW, FORM_SHOWED, AUTHORIZED, CONFIRMING, REFUNDING, unknown…) is
-        // not final.
+        // (`Cancel` answers both, as OriginalAmount/NewAmount): recorded, no money moves.
+        "PARTIAL_REFUNDED" => Event::Progress,
+        // NEW, FORM_SHOWED, AUTHORIZED (a hold), CONFIRMING, REFUNDING, unknown words.
         _ => Event::Progress,
     })
 }
@@ -370,6 +370,20 @@ mod tests {
         with_extras.insert("Token".into(), "whatever".into());
         with_extras.insert("Email".into(), Value::Null);
         assert_eq!(token(&with_extras, PASSWORD), token(&get_state, PASSWORD));
+    }
+
+    #[test]
+    fn numbers_sign_as_serde_writes_them() {
+        // Integers keep their exact text (no `arbitrary_precision` here); a float, which T-Bank
+        // does not send, would sign as serde's shortest form: `1.50` as `1.5`.
+        let big = object(serde_json::from_str(r#"{"PaymentId": 18446744073709551615}"#).unwrap());
+        let mut manual = Sha256::new();
+        manual.update(b"TestPassword_12318446744073709551615");
+        assert_eq!(token(&big, PASSWORD), hex(&manual.finalize()));
+        let float = object(serde_json::from_str(r#"{"X": 1.50}"#).unwrap());
+        let mut manual = Sha256::new();
+        manual.update(b"TestPassword_1231.5");
+        assert_eq!(token(&float, PASSWORD), hex(&manual.finalize()));
     }
 
     fn notification(status: &str, success: bool, error_code: &str) -> Value {
