@@ -157,7 +157,7 @@ fn logged(provider: Slug, incoming: &Incoming<'_>, remote_ip: Option<String>) ->
             end -= 1;
         }
         body.truncate(end);
-        body.push_str("…");
+        body.push('…');
     }
     Logged {
         provider,

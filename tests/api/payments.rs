@@ -761,9 +761,27 @@ async fn receipts_ride_with_every_create_when_they_are_on() {
     let rk = created(app, &user, "robokassa", 100).await;
     let url = reqwest::Url::parse(rk["payment_url"].as_str().unwrap()).unwrap();
     let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
-    let receipt: Value = serde_json::from_str(&q["Receipt"]).unwrap();
+    // Signed in its URL-encoded form, so the link carries it encoded twice (as Robokassa's
+    // own SDK builds it), and the signature covers the encoded text.
+    let encoded = &q["Receipt"];
+    let receipt: Value = serde_json::from_str(
+        &percent_encoding::percent_decode_str(encoded)
+            .decode_utf8()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(receipt["items"][0]["tax"], "vat22");
+    assert_eq!(receipt["items"][0]["sum"].as_f64(), Some(100.0));
     assert_eq!(receipt["sno"], "usn_income");
+    let signed = fake::robokassa_md5(&[
+        fake::RK_LOGIN,
+        "100.00",
+        &q["InvId"],
+        encoded,
+        fake::RK_PASS1,
+        &format!("Shp_payment_id={}", rk["payment_id"].as_str().unwrap()),
+    ]);
+    assert_eq!(q["SignatureValue"].to_lowercase(), signed);
 }
 
 #[tokio::test]
