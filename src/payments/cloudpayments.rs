@@ -319,6 +319,7 @@ fn notification(kind: &str, fields: &HashMap<String, String>) -> Result<Notice, 
         (_, Some(status)) => status.to_owned(),
     };
     Ok(Notice {
+        payment_id: None,
         find: Find::Id(invoice.to_owned()),
         event,
         amount_kopecks: Some(amount),
@@ -347,6 +348,7 @@ fn transaction(model: &Value, payment_id: &str) -> Result<Notice, String> {
         _ => Event::Progress,
     };
     Ok(Notice {
+        payment_id: None,
         find: Find::Id(scalar(model, "InvoiceId").unwrap_or_else(|| payment_id.to_owned())),
         event,
         amount_kopecks: Some(amount),
@@ -563,6 +565,7 @@ mod tests {
 
     fn paid_pay_form() -> Notice {
         Notice {
+            payment_id: None,
             find: Find::Id("topup-42-0001".into()),
             event: Event::Paid,
             amount_kopecks: Some(15_000),
@@ -627,6 +630,7 @@ mod tests {
             assert_eq!(
                 notice,
                 Notice {
+                    payment_id: None,
                     event: Event::Check,
                     ..paid_pay_form()
                 }
@@ -1011,6 +1015,7 @@ mod tests {
             assert_eq!(
                 state,
                 Notice {
+                    payment_id: None,
                     find: Find::Id(PAYMENT_ID.into()),
                     event,
                     amount_kopecks: Some(15_000),

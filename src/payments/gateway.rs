@@ -256,6 +256,10 @@ pub struct Notice {
     pub currency: Option<String>,
     /// The provider's payment id, cross-checked against the stored one when both exist.
     pub external_id: Option<String>,
+    /// Our payment id as the provider echoes it beside `find` (Robokassa's signed
+    /// `Shp_payment_id`); must be the payment's id when stated, so a number reused after a
+    /// restore from backup cannot credit another payment.
+    pub payment_id: Option<String>,
     /// The payer's account as the provider echoes it (CloudPayments `AccountId`); must be the
     /// payment's user when stated.
     pub account: Option<String>,

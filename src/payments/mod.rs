@@ -76,8 +76,8 @@ impl Gateway {
         }
     }
 
-    /// Asks the provider where a payment stands; `Ok(None)` when this provider cannot be
-    /// asked (Robokassa) or does not know the payment yet.
+    /// Asks the provider where a payment stands (reconciliation); `Ok(None)` when the
+    /// provider does not know the payment yet.
     pub async fn state(&self, known: Known<'_>) -> Result<Option<State>, Failure> {
         match self {
             Gateway::YooKassa(p) => p.state(known).await,

@@ -255,6 +255,8 @@ impl Robokassa {
         let amount = money::kopecks(out_sum)
             .ok_or_else(|| Rejection::Malformed("OutSum is not an amount".into()))?;
         Ok(Notice {
+            // Signed with the rest: the payment this number was given to.
+            payment_id: get("Shp_payment_id").map(str::to_owned),
             find: Find::Number(number),
             event: Event::Paid,
             amount_kopecks: Some(amount),
@@ -334,6 +336,7 @@ impl Robokassa {
                 None => None,
             };
         Ok(Some(Notice {
+            payment_id: None,
             find: Find::Number(known.number),
             event,
             amount_kopecks: amount,
@@ -733,6 +736,7 @@ mod tests {
 
     fn paid(amount: i64, test: bool) -> Notice {
         Notice {
+            payment_id: None,
             find: Find::Number(42),
             event: Event::Paid,
             amount_kopecks: Some(amount),
@@ -786,7 +790,11 @@ mod tests {
         ));
         let r = robokassa(false, "md5");
         let q = format!("OutSum=100.00&InvId=42&shp_payment_id={PAYMENT_ID}&SignatureValue={sig}");
-        assert_eq!(notice_of(&r, Some(&q), b"").await, Ok(paid(10_000, false)));
+        let echoed = Notice {
+            payment_id: Some(PAYMENT_ID.into()),
+            ..paid(10_000, false)
+        };
+        assert_eq!(notice_of(&r, Some(&q), b"").await, Ok(echoed));
     }
 
     #[tokio::test]

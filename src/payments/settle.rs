@@ -162,6 +162,13 @@ fn mismatch(payment: &Payment, notice: &Notice) -> Option<&'static str> {
         return Some("currency is not RUB");
     }
     if notice
+        .payment_id
+        .as_deref()
+        .is_some_and(|id| id != payment.id)
+    {
+        return Some("payment id differs");
+    }
+    if notice
         .account
         .as_deref()
         .is_some_and(|a| a != payment.user_id)

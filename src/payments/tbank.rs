@@ -110,6 +110,7 @@ fn read(body: &Map<String, Value>, order_id: Option<&str>) -> Result<Notice, &'s
     let event = event(status, success, payment_id.as_deref(), amount)
         .ok_or("a refund without PaymentId or Amount")?;
     Ok(Notice {
+        payment_id: None,
         find: Find::Id(order_id.to_owned()),
         event,
         amount_kopecks: amount,
@@ -464,6 +465,7 @@ mod tests {
 
     fn expected(event: Event, status: &str) -> Notice {
         Notice {
+            payment_id: None,
             find: Find::Id("topup-42-0001".into()),
             event,
             amount_kopecks: Some(15_000),
@@ -843,6 +845,7 @@ mod tests {
         assert_eq!(
             got.unwrap(),
             Some(Notice {
+                payment_id: None,
                 find: Find::Id("0190f3a2-7b1c-7d4e-8f00-123456789abc".into()),
                 event: Event::Progress,
                 amount_kopecks: None,

@@ -275,6 +275,7 @@ fn payment_notice(payment: &Value) -> Option<Notice> {
         None => Find::External(id.to_owned()),
     };
     Some(Notice {
+        payment_id: None,
         find,
         event,
         amount_kopecks: Some(amount),
@@ -302,6 +303,7 @@ fn refund_notice(refund: &Value) -> Option<Notice> {
         Event::Progress
     };
     Some(Notice {
+        payment_id: None,
         find: Find::External(payment_id.to_owned()),
         event,
         amount_kopecks: None,
@@ -630,6 +632,7 @@ mod tests {
         assert_eq!(
             notice,
             Notice {
+                payment_id: None,
                 find: Find::Id(PAYMENT_ID.into()),
                 event: Event::Paid,
                 // 150.00 RUB: 1500 raits at 10 raits per rouble.
@@ -715,6 +718,7 @@ mod tests {
             assert_eq!(
                 notice,
                 Notice {
+                    payment_id: None,
                     find: Find::External(EXTERNAL.into()),
                     event,
                     amount_kopecks: None,

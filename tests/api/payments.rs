@@ -401,6 +401,13 @@ async fn robokassa_link_is_signed_and_its_result_url_credits_once() {
         robokassa_result("100.00", &inv_id, id, fake::RK_PASS1),
         robokassa_result("1.00", &inv_id, id, fake::RK_PASS2),
         robokassa_result("100.00", "999999", id, fake::RK_PASS2),
+        // Signed right, but the number was given to another payment (a restored backup).
+        robokassa_result(
+            "100.00",
+            &inv_id,
+            "01890000-0000-7000-8000-000000000000",
+            fake::RK_PASS2,
+        ),
     ] {
         let (code, _) = deliver(app, "robokassa", form, body, &[]).await;
         assert_eq!(code, 401);
