@@ -18,7 +18,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The request or notification token (§4.5): root scalars except `Token` (objects, arrays and
 /// nulls left out) plus `Password`, sorted by key, values concatenated, SHA-256 lowercase hex.
-fn token(fields: &Map<String, Value>, password: &str) -> String {
+pub fn token(fields: &Map<String, Value>, password: &str) -> String {
     let mut pairs: Vec<(&str, String)> = fields
         .iter()
         .filter(|(k, _)| k.as_str() != "Token")

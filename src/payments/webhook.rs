@@ -37,6 +37,14 @@ pub async fn handle(
     remote_ip: Option<String>,
 ) -> Response {
     let slug = gateway.slug();
+    if let Some(refused) = unknown_yookassa_payment(db, gateway, incoming).await {
+        let call = logged(slug, incoming, remote_ip);
+        let logged_applied = refused.clone();
+        if let Err(e) = db.write(move |tx| call.write(tx, &logged_applied)).await {
+            tracing::error!(provider = %slug, error = %e, "cannot log a payment webhook");
+        }
+        return answer(slug, &refused.outcome);
+    }
     let applied = match gateway.notice(incoming).await {
         Ok(notice) => {
             let call = logged(slug, incoming, remote_ip.clone());
@@ -73,6 +81,30 @@ pub async fn handle(
         }
     };
     answer(slug, &applied.outcome)
+}
+
+/// A YooKassa notification about a payment we never opened, refused before it can make us
+/// re-fetch anything: a flood of invented ids must not turn into requests to YooKassa.
+async fn unknown_yookassa_payment(
+    db: &Db,
+    gateway: &Gateway,
+    incoming: &Incoming<'_>,
+) -> Option<Applied> {
+    if !matches!(gateway, Gateway::YooKassa(_)) {
+        return None;
+    }
+    let id = super::yookassa::YooKassa::claimed_payment(incoming.body)?;
+    let find = super::Find::External(id.clone());
+    let known = db
+        .read(move |c| store::find(c, Slug::YooKassa, &find))
+        .await
+        .ok()?;
+    known.is_none().then(|| Applied {
+        outcome: Outcome::Rejected(Refused::UnknownPayment),
+        verdict: settle::verdict_of(Refused::UnknownPayment),
+        payment_id: None,
+        detail: Some(format!("no yookassa payment {id}")),
+    })
 }
 
 /// The provider's own answer.

@@ -145,6 +145,21 @@ impl YooKassa {
         })
     }
 
+    /// The YooKassa payment id a notification claims to be about (`object.id` of a payment
+    /// event, `object.payment_id` of a refund), unverified: the core asks its own database
+    /// before it lets a stranger's body make us call YooKassa.
+    pub fn claimed_payment(body: &[u8]) -> Option<String> {
+        let body: Value = serde_json::from_slice(body).ok()?;
+        let field = if text(&body, &["event"])?.starts_with("refund.") {
+            "payment_id"
+        } else {
+            "id"
+        };
+        text(&body, &["object", field])
+            .filter(|id| valid_id(id))
+            .map(str::to_owned)
+    }
+
     /// Reconciliation: the payment as YooKassa has it now.
     pub async fn state(&self, known: Known<'_>) -> Result<Option<State>, Failure> {
         let Some(id) = known.external_id else {

@@ -343,6 +343,17 @@ async fn yookassa_top_up_is_credited_once_after_the_payment_is_re_fetched() {
         "invalid_notification",
     )
     .await;
+    let asked: Vec<String> = app.upstreams["YOOKASSA_BASE_URL"]
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert!(
+        !asked.iter().any(|p| p.contains("9999")),
+        "an id we never opened is not looked up at YooKassa: {asked:?}"
+    );
     let (code, _) = deliver(app, "yookassa", "application/json", "{not json", &[]).await;
     assert_eq!(code, 400);
     let mut sneaky = notification("payment.succeeded");
