@@ -85,6 +85,9 @@ pub struct Created {
     widget: Option<serde_json::Value>,
 }
 
+/// How long a status request waits for the provider's word on a pending payment.
+const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn unavailable() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -276,12 +279,21 @@ async fn status(
         && payment.payment_url.is_some()
         && state.payments.may_ask(&payment.id)
     {
-        match reconcile::check(&state.db, &state.payments, &payment).await {
-            Ok(Some(_)) => return Ok(Json((&owned(&state, &id, &current.user.id).await?).into())),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(payment.id = %payment.id, error = %e, "cannot ask the provider")
+        // A status page polls: a slow provider must not hold it; the timer asks again later.
+        let asked = tokio::time::timeout(
+            ASK_TIMEOUT,
+            reconcile::check(&state.db, &state.payments, &payment),
+        )
+        .await;
+        match asked {
+            Ok(Ok(Some(_))) => {
+                return Ok(Json((&owned(&state, &id, &current.user.id).await?).into()));
             }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(payment.id = %payment.id, error = %e, "cannot ask the provider");
+            }
+            Err(_) => tracing::info!(payment.id = %payment.id, "the provider was slow to answer"),
         }
     }
     Ok(Json((&payment).into()))
