@@ -1,6 +1,8 @@
 //! Easy Writer: a self-hosted backend for an AI writing assistant, in one binary.
 //! See ARCHITECTURE.md for the map.
 
+/// The bundled admin UI under `/admin`.
+pub mod admin;
 /// Shared dependencies (`AppState`) and how they are wired.
 pub mod app;
 /// Accounts, Google and Yandex sign-in, tokens, sessions and the extractors that authenticate

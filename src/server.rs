@@ -150,6 +150,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(ws::router())
+        .merge(crate::admin::router())
         .merge(SwaggerUi::new("/docs").url(OPENAPI_PATH, doc))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

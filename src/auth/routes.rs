@@ -192,19 +192,37 @@ async fn login(
     ClientIp(ip): ClientIp,
     AppJson(body): AppJson<LoginRequest>,
 ) -> Result<SignedIn, ApiError> {
+    let user = check_credentials(&state, &body.email, body.password, ip).await?;
+    let user_id = user.id.clone();
+    let issued = state
+        .db
+        .write(move |tx| store::start_session(tx, &user_id))
+        .await
+        .map_err(Error::from)?;
+    tracing::info!(user.id = %user.id, "user signed in");
+    Ok(signed_in(&state.auth, &user.id, issued))
+}
+
+/// The active user these credentials belong to, under the login throttles (counted before the
+/// password is checked; a correct password gives its attempts back). Shared by the API's
+/// login and the admin UI's.
+pub async fn check_credentials(
+    state: &AppState,
+    email: &str,
+    password: String,
+    ip: std::net::IpAddr,
+) -> Result<users::User, ApiError> {
     let auth = &state.auth;
     // Bounded before anything is keyed or looked up.
-    users::within("email", &body.email, users::EMAIL_MAX)?;
-    users::within("password", &body.password, users::PASSWORD_MAX)?;
-    let email = body.email.trim().to_owned();
+    users::within("email", email, users::EMAIL_MAX)?;
+    users::within("password", &password, users::PASSWORD_MAX)?;
+    let email = email.trim().to_owned();
     let folded = email.to_lowercase();
     let limits = auth.limits;
     let ip_text = ip.to_string();
     let pair = Key::new("login:email+ip", &[folded.as_bytes(), ip_text.as_bytes()]);
     let all_ips = Key::new("login:email", &[folded.as_bytes()]);
     let from_ip = Key::new("login:ip", &[ip_text.as_bytes()]);
-    // Counted before the password is checked: concurrent guesses are limited like
-    // sequential ones. A correct password gives its attempt back below.
     if let Err(retry_after) = auth.throttles.login.attempt_all(&[
         (pair, limits.login_per_email),
         (all_ips, limits.login_per_email_total),
@@ -213,14 +231,13 @@ async fn login(
         tracing::warn!(client.ip = %ip, "login throttled");
         return Err(Error::TooManyAttempts { retry_after }.into());
     }
-
     let user = state
         .db
         .read(move |c| users::store::by_email(c, &email))
         .await
         .map_err(Error::from)?;
     let stored = user.as_ref().and_then(|u| u.hashed_password.clone());
-    if !auth.hasher.verify(body.password, stored).await {
+    if !auth.hasher.verify(password, stored).await {
         tracing::info!(client.ip = %ip, "login failed");
         return Err(Error::InvalidCredentials.into());
     }
@@ -233,14 +250,7 @@ async fn login(
     if !user.is_active {
         return Err(Error::Inactive.into());
     }
-    let user_id = user.id.clone();
-    let issued = state
-        .db
-        .write(move |tx| store::start_session(tx, &user_id))
-        .await
-        .map_err(Error::from)?;
-    tracing::info!(user.id = %user.id, "user signed in");
-    Ok(signed_in(auth, &user.id, issued))
+    Ok(user)
 }
 
 /// Exchanges the refresh cookie for a new access token and a new refresh cookie.

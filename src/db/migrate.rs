@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_payments",
         sql: include_str!("../../migrations/0008_payments.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_admin",
+        sql: include_str!("../../migrations/0009_admin.sql"),
+    },
 ];
 
 /// A migration with whether it has been applied, for `migrate --status`.

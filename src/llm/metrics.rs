@@ -41,6 +41,27 @@ pub struct Metrics {
     tokens: Family<Tokens, Counter>,
     image_requests: Family<Outcome, Counter>,
     image_duration: Family<Provider, Histogram>,
+    /// The same calls summed per provider, for the admin dashboard.
+    totals: Mutex<std::collections::BTreeMap<(&'static str, String), Totals>>,
+}
+
+/// A provider's calls since start: how many, how many failed, and their summed latency.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+}
+
+/// One provider's [`Totals`], `kind` being `text` or `image`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProviderTotals {
+    pub kind: &'static str,
+    pub provider: String,
+    pub requests: u64,
+    pub errors: u64,
+    /// Mean latency in milliseconds.
+    pub mean_ms: u64,
 }
 
 /// Latency buckets in seconds; an image job polls for up to minutes.
@@ -87,13 +108,42 @@ impl Default for Metrics {
             tokens,
             image_requests,
             image_duration,
+            totals: Mutex::default(),
         }
     }
 }
 
 impl Metrics {
+    fn total(&self, kind: &'static str, provider: &str, outcome: &str, elapsed: Duration) {
+        let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        let t = totals.entry((kind, provider.to_owned())).or_default();
+        t.requests += 1;
+        t.errors += u64::from(outcome != "ok");
+        t.seconds += elapsed.as_secs_f64();
+    }
+
+    /// Calls per provider since start, by kind (`image`, `text`) and name.
+    pub fn totals(&self) -> Vec<ProviderTotals> {
+        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        totals
+            .iter()
+            .map(|((kind, provider), t)| ProviderTotals {
+                kind,
+                provider: provider.clone(),
+                requests: t.requests,
+                errors: t.errors,
+                mean_ms: if t.requests == 0 {
+                    0
+                } else {
+                    (t.seconds * 1000.0 / t.requests as f64) as u64
+                },
+            })
+            .collect()
+    }
+
     /// Records one provider call.
     pub fn record(&self, provider: ProviderId, outcome: &str, elapsed: Duration) {
+        self.total("text", provider.as_str(), outcome, elapsed);
         self.requests
             .get_or_create(&Outcome {
                 provider: provider.as_str().into(),
@@ -110,6 +160,7 @@ impl Metrics {
     /// Records one image provider call (`provider` is its configuration name, `outcome` `ok` or
     /// the failure class).
     pub fn record_image(&self, provider: &str, outcome: &str, elapsed: Duration) {
+        self.total("image", provider, outcome, elapsed);
         self.image_requests
             .get_or_create(&Outcome {
                 provider: provider.into(),

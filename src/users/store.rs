@@ -143,6 +143,15 @@ pub fn set_active(tx: &Connection, email: &str, active: bool) -> Result<bool, db
     Ok(changed == 1)
 }
 
+/// Grants or revokes the admin flag.
+pub fn set_admin(tx: &Connection, id: &str, admin: bool) -> Result<(), db::Error> {
+    tx.execute(
+        "update users set is_admin = ?2, updated_at = ?3 where id = ?1",
+        params![id, admin, timestamp::now()],
+    )?;
+    Ok(())
+}
+
 /// Sets (or clears) the display name.
 pub fn set_name(tx: &Connection, id: &str, name: Option<&str>) -> Result<(), db::Error> {
     tx.execute(

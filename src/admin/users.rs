@@ -1,0 +1,617 @@
+//! `/admin/users`: search and pages, a user's detail (balance, transactions, sessions,
+//! identities, payments) and the actions on them — each through the domain code the API uses,
+//! each in the audit log — and `/admin/audit`.
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use minijinja::Value;
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Admin, audit, context, view};
+use crate::app::AppState;
+use crate::billing::{self, Kind, ledger};
+use crate::{db, mail, users};
+
+/// Largest single balance adjustment, either way.
+const ADJUST_MAX: i64 = 1_000_000_000;
+const REASON_MAX: usize = 200;
+
+/// The answer to a form whose CSRF token is missing or not the session's.
+pub fn stale_form() -> Response {
+    view::page_with(
+        StatusCode::FORBIDDEN,
+        "error.html",
+        Value::from_iter([(
+            "message",
+            "Форма устарела или пришла не с этой страницы. Обновите страницу и попробуйте ещё раз.",
+        )]),
+    )
+}
+
+fn failed(message: &str) -> Response {
+    view::page_with(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "error.html",
+        Value::from_iter([("message", message.to_owned())]),
+    )
+}
+
+fn not_found() -> Response {
+    view::page_with(
+        StatusCode::NOT_FOUND,
+        "error.html",
+        Value::from_iter([("message", "Нет такой записи")]),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    q: Option<String>,
+    offset: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    email: String,
+    name: Option<String>,
+    provider: String,
+    balance: i64,
+    is_active: bool,
+    is_admin: bool,
+    is_verified: bool,
+    created_at: String,
+}
+
+/// `%` and `_` taken literally in a `like … escape '\'` prefix.
+fn like_prefix(q: &str) -> String {
+    let mut out = String::with_capacity(q.len() + 1);
+    for c in q.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let q = query
+        .q
+        .map(|q| q.trim().chars().take(255).collect::<String>())
+        .filter(|q| !q.is_empty());
+    let offset = view::offset(query.offset);
+    let search = q.clone();
+    let rows = state
+        .db
+        .read(move |c| {
+            let map = |r: &rusqlite::Row<'_>| {
+                Ok(Row {
+                    id: r.get(0)?,
+                    email: r.get(1)?,
+                    name: r.get(2)?,
+                    provider: r.get(3)?,
+                    balance: r.get(4)?,
+                    is_active: r.get(5)?,
+                    is_admin: r.get(6)?,
+                    is_verified: r.get(7)?,
+                    created_at: r.get(8)?,
+                })
+            };
+            const COLS: &str =
+                "id, email, name, provider, balance, is_active, is_admin, is_verified, created_at";
+            // One row more than a page says whether there is a next one, without a count.
+            let rows: Vec<Row> = match &search {
+                // An email prefix (the nocase index serves it), or an exact id.
+                Some(q) => c
+                    .prepare_cached(&format!(
+                        "select {COLS} from users
+                         where email like ?1 escape '\\' or id = ?2
+                         order by email limit ?3 offset ?4"
+                    ))?
+                    .query_map(params![like_prefix(q), q, view::PAGE + 1, offset], map)?
+                    .collect::<Result<_, _>>()?,
+                None => c
+                    .prepare_cached(&format!(
+                        "select {COLS} from users order by created_at desc, id desc
+                         limit ?1 offset ?2"
+                    ))?
+                    .query_map(params![view::PAGE + 1, offset], map)?
+                    .collect::<Result<_, _>>()?,
+            };
+            Ok::<_, db::Error>(rows)
+        })
+        .await;
+    let Ok(mut rows) = rows else {
+        return failed("Не удалось прочитать пользователей");
+    };
+    let more = rows.len() as i64 > view::PAGE;
+    rows.truncate(view::PAGE as usize);
+    view::page(
+        "users.html",
+        context(
+            &admin,
+            "users",
+            vec![
+                ("users", Value::from_serialize(&rows)),
+                ("q", Value::from(q)),
+                ("offset", Value::from(offset)),
+                ("next", Value::from(more.then_some(offset + view::PAGE))),
+                (
+                    "prev",
+                    Value::from((offset > 0).then(|| (offset - view::PAGE).max(0))),
+                ),
+            ],
+        ),
+    )
+}
+
+#[derive(Serialize)]
+struct Detail {
+    user: Row,
+    transactions: Vec<billing::ledger::Row>,
+    sessions: Vec<SessionRow>,
+    identities: Vec<IdentityRow>,
+    payments: Vec<PaymentRow>,
+    ledger_sum: i64,
+}
+
+#[derive(Serialize)]
+struct SessionRow {
+    id: String,
+    created_at: String,
+    revoked_at: Option<String>,
+    revoked_reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct IdentityRow {
+    provider: String,
+    email: Option<String>,
+    created_at: String,
+}
+
+#[derive(Serialize)]
+struct PaymentRow {
+    id: String,
+    number: i64,
+    provider: String,
+    status: String,
+    amount_rub: i64,
+    amount_raits: i64,
+    created_at: String,
+}
+
+fn detail_of(c: &Connection, id: &str) -> Result<Option<Detail>, db::Error> {
+    let Some(u) = users::store::by_id(c, id)? else {
+        return Ok(None);
+    };
+    let (transactions, _) = ledger::page(c, id, 20, 0).map_err(|e| match e {
+        billing::Error::Db(e) => e,
+        other => db::Error::Task(other.to_string()),
+    })?;
+    let sessions = c
+        .prepare_cached(
+            "select id, created_at, revoked_at, revoked_reason from auth_sessions
+             where user_id = ?1 order by created_at desc limit 20",
+        )?
+        .query_map([id], |r| {
+            Ok(SessionRow {
+                id: r.get(0)?,
+                created_at: r.get(1)?,
+                revoked_at: r.get(2)?,
+                revoked_reason: r.get(3)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let identities = c
+        .prepare_cached(
+            "select provider, email, created_at from user_identities where user_id = ?1",
+        )?
+        .query_map([id], |r| {
+            Ok(IdentityRow {
+                provider: r.get(0)?,
+                email: r.get(1)?,
+                created_at: r.get(2)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let payments = c
+        .prepare_cached(
+            "select id, number, provider, status, amount_rub, amount_raits, created_at
+             from payments where user_id = ?1 order by created_at desc limit 20",
+        )?
+        .query_map([id], |r| {
+            Ok(PaymentRow {
+                id: r.get(0)?,
+                number: r.get(1)?,
+                provider: r.get(2)?,
+                status: r.get(3)?,
+                amount_rub: r.get(4)?,
+                amount_raits: r.get(5)?,
+                created_at: r.get(6)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let ledger_sum = c.query_row(
+        "select coalesce(sum(amount), 0) from transactions where user_id = ?1",
+        [id],
+        |r| r.get(0),
+    )?;
+    Ok(Some(Detail {
+        user: Row {
+            id: u.id,
+            email: u.email,
+            name: u.name,
+            provider: u.provider,
+            balance: u.balance,
+            is_active: u.is_active,
+            is_admin: u.is_admin,
+            is_verified: u.is_verified,
+            created_at: u.created_at,
+        },
+        transactions,
+        sessions,
+        identities,
+        payments,
+        ledger_sum,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct Done {
+    done: Option<String>,
+}
+
+/// What a finished action says, by its code (never text from the query string).
+fn message(code: Option<&str>) -> Option<&'static str> {
+    Some(match code? {
+        "adjusted" => "Баланс изменён",
+        "short" => "Списание больше баланса: баланс не может стать отрицательным",
+        "bad_amount" => "Сумма — целое число райтов, не ноль, по модулю не больше миллиарда",
+        "bad_reason" => "Укажите причину (до 200 символов)",
+        "activated" => "Пользователь включён",
+        "deactivated" => "Пользователь отключён, его сессии завершены",
+        "made_admin" => "Назначен администратором",
+        "revoked_admin" => "Права администратора сняты",
+        "last_admin" => "Это последний администратор: его нельзя отключить или лишить прав",
+        "reset_sent" => "Письмо для сброса пароля отправлено",
+        "no_mail" => "Почта не настроена (SMTP_URL): письмо не отправить",
+        _ => return None,
+    })
+}
+
+pub async fn detail(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    Query(done): Query<Done>,
+) -> Response {
+    let found = state.db.read(move |c| detail_of(c, &id)).await;
+    match found {
+        Ok(Some(detail)) => view::page(
+            "user.html",
+            context(
+                &admin,
+                "users",
+                vec![
+                    ("d", Value::from_serialize(&detail)),
+                    ("message", Value::from(message(done.done.as_deref()))),
+                    ("mail", Value::from(state.mailer.is_some())),
+                ],
+            ),
+        ),
+        Ok(None) => not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "admin user detail");
+            failed("Не удалось прочитать пользователя")
+        }
+    }
+}
+
+fn back(id: &str, done: &str) -> Response {
+    Redirect::to(&format!("/admin/users/{id}?done={done}")).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct Adjust {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    amount: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// A balance adjustment through the ledger, with the reason in the row and the audit log.
+pub async fn adjust(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    Form(form): Form<Adjust>,
+) -> Response {
+    if !admin.csrf_ok(&form.csrf) {
+        return stale_form();
+    }
+    let Some(amount) = form
+        .amount
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|a| *a != 0 && a.abs() <= ADJUST_MAX)
+    else {
+        return back(&id, "bad_amount");
+    };
+    let reason = form.reason.trim().to_owned();
+    if reason.is_empty() || reason.chars().count() > REASON_MAX {
+        return back(&id, "bad_reason");
+    }
+    let target = id.clone();
+    let result = state
+        .db
+        .write(move |tx| {
+            let description = format!("Корректировка администратором: {reason}");
+            let balance = ledger::record(
+                tx,
+                &ledger::Entry {
+                    user_id: &target,
+                    kind: Kind::Adjustment,
+                    amount,
+                    description: Some(&description),
+                    payment_id: None,
+                    reference: None,
+                },
+            )?;
+            audit::record(
+                tx,
+                &admin,
+                "adjust_balance",
+                Some(&target),
+                Some(&format!("{amount:+} raits ({reason}); balance {balance}")),
+            )?;
+            Ok::<_, billing::Error>(())
+        })
+        .await;
+    match result {
+        Ok(()) => back(&id, "adjusted"),
+        Err(billing::Error::InsufficientBalance { .. }) => back(&id, "short"),
+        Err(billing::Error::UserNotFound) => not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "admin balance adjustment");
+            failed("Не удалось изменить баланс")
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Flag {
+    #[serde(default)]
+    csrf: String,
+    /// `1` to set, anything else to clear.
+    #[serde(default)]
+    value: String,
+}
+
+/// Why a flag change is refused, or the result code.
+enum Changed {
+    Done(&'static str),
+    LastAdmin,
+    Missing,
+}
+
+/// Active admins other than `id`.
+fn other_admins(tx: &Connection, id: &str) -> Result<i64, db::Error> {
+    Ok(tx.query_row(
+        "select count(*) from users where is_admin = 1 and is_active = 1 and id != ?1",
+        [id],
+        |r| r.get(0),
+    )?)
+}
+
+pub async fn set_active(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    Form(form): Form<Flag>,
+) -> Response {
+    if !admin.csrf_ok(&form.csrf) {
+        return stale_form();
+    }
+    let active = form.value == "1";
+    let target = id.clone();
+    let result = state
+        .db
+        .write(move |tx| {
+            let Some(user) = users::store::by_id(tx, &target)? else {
+                return Ok(Changed::Missing);
+            };
+            if !active && user.is_admin && other_admins(tx, &target)? == 0 {
+                return Ok(Changed::LastAdmin);
+            }
+            users::store::set_active(tx, &user.email, active)?;
+            if !active {
+                crate::auth::store::revoke_all_sessions(tx, &target, "deactivated")?;
+                tx.execute("delete from admin_sessions where user_id = ?1", [&target])?;
+            }
+            let action = if active { "activate" } else { "deactivate" };
+            audit::record(tx, &admin, action, Some(&target), Some(&user.email))?;
+            Ok::<_, db::Error>(Changed::Done(if active {
+                "activated"
+            } else {
+                "deactivated"
+            }))
+        })
+        .await;
+    flag_answer(&id, result)
+}
+
+pub async fn set_admin(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    Form(form): Form<Flag>,
+) -> Response {
+    if !admin.csrf_ok(&form.csrf) {
+        return stale_form();
+    }
+    let make = form.value == "1";
+    let target = id.clone();
+    let result = state
+        .db
+        .write(move |tx| {
+            let Some(user) = users::store::by_id(tx, &target)? else {
+                return Ok(Changed::Missing);
+            };
+            if !make && user.is_admin && other_admins(tx, &target)? == 0 {
+                return Ok(Changed::LastAdmin);
+            }
+            users::store::set_admin(tx, &target, make)?;
+            if !make {
+                tx.execute("delete from admin_sessions where user_id = ?1", [&target])?;
+            }
+            let action = if make { "make_admin" } else { "revoke_admin" };
+            audit::record(tx, &admin, action, Some(&target), Some(&user.email))?;
+            Ok::<_, db::Error>(Changed::Done(if make {
+                "made_admin"
+            } else {
+                "revoked_admin"
+            }))
+        })
+        .await;
+    flag_answer(&id, result)
+}
+
+fn flag_answer(id: &str, result: Result<Changed, db::Error>) -> Response {
+    match result {
+        Ok(Changed::Done(code)) => back(id, code),
+        Ok(Changed::LastAdmin) => back(id, "last_admin"),
+        Ok(Changed::Missing) => not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "admin flag change");
+            failed("Не удалось сохранить")
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Csrf {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Sends the user a password reset letter, as `/auth/password/forgot` would.
+pub async fn send_reset(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    Form(form): Form<Csrf>,
+) -> Response {
+    if !admin.csrf_ok(&form.csrf) {
+        return stale_form();
+    }
+    let Some(mailer) = state.mailer.clone() else {
+        return back(&id, "no_mail");
+    };
+    let target = id.clone();
+    let issued = state
+        .db
+        .write(move |tx| {
+            let Some(user) = users::store::by_id(tx, &target)? else {
+                return Ok(None);
+            };
+            let token = crate::auth::recovery::store::issue(
+                tx,
+                &user.id,
+                crate::auth::recovery::Purpose::Reset,
+            )?;
+            audit::record(tx, &admin, "send_password_reset", Some(&user.id), None)?;
+            Ok::<_, db::Error>(Some((user, token)))
+        })
+        .await;
+    match issued {
+        Ok(Some((user, token))) => {
+            mailer.send(mail::Letter {
+                kind: mail::Kind::Reset,
+                to: user.email,
+                user_id: user.id,
+                token,
+            });
+            back(&id, "reset_sent")
+        }
+        Ok(None) => not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "admin password reset");
+            failed("Не удалось отправить письмо")
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AuditRow {
+    admin_email: String,
+    action: String,
+    target: Option<String>,
+    detail: Option<String>,
+    created_at: String,
+}
+
+#[derive(Deserialize)]
+pub struct Paged {
+    offset: Option<i64>,
+}
+
+pub async fn audit(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(query): Query<Paged>,
+) -> Response {
+    let offset = view::offset(query.offset);
+    let rows = state
+        .db
+        .read(move |c| {
+            c.prepare_cached(
+                "select admin_email, action, target, detail, created_at from admin_audit
+                 order by created_at desc, id desc limit ?1 offset ?2",
+            )?
+            .query_map(params![view::PAGE + 1, offset], |r| {
+                Ok(AuditRow {
+                    admin_email: r.get(0)?,
+                    action: r.get(1)?,
+                    target: r.get(2)?,
+                    detail: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db::Error::from)
+        })
+        .await;
+    let Ok(mut rows) = rows else {
+        return failed("Не удалось прочитать журнал");
+    };
+    let more = rows.len() as i64 > view::PAGE;
+    rows.truncate(view::PAGE as usize);
+    view::page(
+        "audit.html",
+        context(
+            &admin,
+            "audit",
+            vec![
+                ("rows", Value::from_serialize(&rows)),
+                ("next", Value::from(more.then_some(offset + view::PAGE))),
+                (
+                    "prev",
+                    Value::from((offset > 0).then(|| (offset - view::PAGE).max(0))),
+                ),
+            ],
+        ),
+    )
+}
