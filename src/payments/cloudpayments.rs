@@ -10,14 +10,12 @@ use serde_json::{Number, Value, json};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::http::{basic, read, transport};
 use super::{
     Event, Failure, Find, Incoming, Known, Notice, Order, Rejection, Started, State, Taxation, Vat,
     money,
 };
 use crate::config::{Config, Secret};
-
-/// The most we read of an API answer.
-const ANSWER_LIMIT: usize = 256 * 1024;
 
 /// The notification types we take, one per webhook URL.
 const KINDS: [&str; 6] = ["check", "pay", "fail", "confirm", "refund", "cancel"];
@@ -447,42 +445,6 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
         }
         Err(_) => Vec::new(),
     }
-}
-
-/// `Basic base64(user:password)`.
-fn basic(user: &str, password: &str) -> String {
-    let pair = format!("{user}:{password}");
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
-}
-
-/// A transport error without its URL.
-fn transport(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "cannot connect".into()
-    } else {
-        "request failed".into()
-    }
-}
-
-/// The answer's body, at most [`ANSWER_LIMIT`] bytes.
-async fn read(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the answer: {}", transport(&e)))?
-    {
-        if body.len() + chunk.len() > ANSWER_LIMIT {
-            return Err("answer too large".into());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod cloudpayments;
 pub mod gateway;
+mod http;
 pub mod money;
 pub mod reconcile;
 pub mod robokassa;

@@ -296,10 +296,9 @@ impl Robokassa {
         if !status.is_success() {
             return Err(Failure(format!("robokassa OpStateExt: HTTP {status}")));
         }
-        let bytes = response
-            .bytes()
+        let bytes = super::http::read(response)
             .await
-            .map_err(|e| Failure(format!("robokassa OpStateExt: {}", e.without_url())))?;
+            .map_err(|e| Failure(format!("robokassa OpStateExt: {e}")))?;
         let xml = std::str::from_utf8(&bytes)
             .map_err(|_| Failure("robokassa OpStateExt: answer is not UTF-8".into()))?;
         let unreadable =

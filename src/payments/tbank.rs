@@ -160,12 +160,9 @@ impl TBank {
             .await
             .map_err(|e| Failure(format!("tbank {method}: {}", e.without_url())))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| {
-            Failure(format!(
-                "tbank {method}: HTTP {status}, {}",
-                e.without_url()
-            ))
-        })?;
+        let bytes = super::http::read(response)
+            .await
+            .map_err(|e| Failure(format!("tbank {method}: HTTP {status}, {e}")))?;
         let answer = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| match v {

@@ -2,18 +2,15 @@
 //! redirect; notifications are unsigned, so a notice is built only from the payment (or refund)
 //! re-fetched with our credentials.
 
-use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use super::http::{basic, read, transport};
 use super::{
     Event, Failure, Find, Incoming, Known, Notice, Order, Rejection, Started, State, Taxation, Vat,
     money,
 };
 use crate::config::{Config, Secret};
-
-/// The most we read of an API answer; a payment object is a few kilobytes.
-const ANSWER_LIMIT: usize = 256 * 1024;
 
 pub struct YooKassa {
     http: reqwest::Client,
@@ -345,15 +342,6 @@ fn text<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
         .and_then(Value::as_str)
 }
 
-/// `Basic base64(user:password)`.
-fn basic(user: &str, password: &str) -> String {
-    let pair = format!("{user}:{password}");
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
-}
-
 /// YooKassa's error `code` and `description`, for the log.
 fn error_detail(answer: &[u8]) -> String {
     let Ok(error) = serde_json::from_slice::<Value>(answer) else {
@@ -365,33 +353,6 @@ fn error_detail(answer: &[u8]) -> String {
             .unwrap_or_default()
     };
     format!(" {}: {}", field("code"), field("description"))
-}
-
-/// A transport error without its URL.
-fn transport(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "cannot connect".into()
-    } else {
-        "request failed".into()
-    }
-}
-
-/// The answer's body, at most [`ANSWER_LIMIT`] bytes.
-async fn read(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the answer: {}", transport(&e)))?
-    {
-        if body.len() + chunk.len() > ANSWER_LIMIT {
-            return Err("answer too large".into());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 #[cfg(test)]
