@@ -360,6 +360,27 @@ async fn yookassa_top_up_is_credited_once_after_the_payment_is_re_fetched() {
     sneaky["object"]["id"] = json!("../refunds/x");
     assert_eq!(deliver_json(app, "yookassa", &sneaky).await.0, 400);
     assert_eq!(balance(app, &user).await["balance"], 1500);
+
+    // A second payment that YooKassa reports with another amount is not credited.
+    let second = created(app, &user, "yookassa", 200).await;
+    let second_yk = shop
+        .yookassa
+        .lock()
+        .unwrap()
+        .payments
+        .iter()
+        .find(|(_, p)| p["metadata"]["payment_id"] == second["payment_id"])
+        .map(|(k, _)| k.clone())
+        .unwrap();
+    fake::update(
+        &shop.yookassa,
+        &second_yk,
+        json!({"status": "succeeded", "paid": true, "amount": {"value": "2.00", "currency": "RUB"}}),
+    );
+    let mut cheap = notification("payment.succeeded");
+    cheap["object"]["id"] = json!(second_yk);
+    assert_eq!(deliver_json(app, "yookassa", &cheap).await.0, 401);
+    assert_eq!(balance(app, &user).await["balance"], 1500);
     assert_ledger_holds(app, &user);
 }
 
@@ -486,6 +507,10 @@ async fn cloudpayments_order_link_check_and_pay() {
     assert_eq!(body["Currency"], "RUB");
     assert_eq!(body["Amount"].as_f64(), Some(200.0));
     assert_eq!(body["Email"], user.email.as_str());
+    assert!(
+        !String::from_utf8_lossy(&request.body).contains("CustomerReceipt"),
+        "no receipt unless receipts are on"
+    );
 
     let form = "application/x-www-form-urlencoded";
     let signed = |fields: &[(&str, &str)]| {
@@ -568,6 +593,32 @@ async fn cloudpayments_order_link_check_and_pay() {
         let (status, text) = deliver(app, "cloudpayments/pay", form, body.clone(), &headers).await;
         assert_eq!((status, code(&text)), (200, json!(13)));
     }
+    assert_eq!(balance(app, &user).await["balance"], 0);
+
+    // A payment notice for another amount, signed right, and garbage: refused.
+    let mut cheap = pay_fields;
+    cheap[1] = ("Amount", "2.00");
+    let (body, hmac) = signed(&cheap);
+    let (_, text) = deliver(
+        app,
+        "cloudpayments/pay",
+        form,
+        body,
+        &[("Content-HMAC", hmac)],
+    )
+    .await;
+    assert_eq!(code(&text), 12);
+    let garbage = "\u{1}\u{2}not a form";
+    let hmac = fake::cloudpayments_hmac(fake::CP_SECRET, garbage.as_bytes());
+    let (status, text) = deliver(
+        app,
+        "cloudpayments/pay",
+        form,
+        garbage,
+        &[("Content-HMAC", hmac)],
+    )
+    .await;
+    assert_eq!((status, code(&text)), (200, json!(13)));
     assert_eq!(balance(app, &user).await["balance"], 0);
 
     // Paid, then replayed concurrently: credited once.
