@@ -136,6 +136,7 @@ fn render<T: Serialize>(
             );
         }
     };
+    let keep = keep_query(&filters);
     let filters = Value::from_iter(
         filters
             .into_iter()
@@ -144,6 +145,7 @@ fn render<T: Serialize>(
     let mut own = vec![
         ("rows", Value::from_serialize(&rows)),
         ("filters", filters),
+        ("keep", Value::from(keep)),
         ("offset", Value::from(offset)),
         ("next", Value::from(more.then_some(offset + view::PAGE))),
         (
@@ -153,6 +155,19 @@ fn render<T: Serialize>(
     ];
     own.extend(extra);
     view::page(template, context(admin, section, own))
+}
+
+/// The filters that are set, as the start of a query string the pager's links keep
+/// (`tool=x&status=failed&`), percent-encoded; empty when none is set.
+pub(super) fn keep_query(filters: &[(&'static str, Option<String>)]) -> String {
+    let set: Vec<(&str, &str)> = filters
+        .iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
+        .collect();
+    match serde_urlencoded::to_string(&set) {
+        Ok(query) if !query.is_empty() => format!("{query}&"),
+        _ => String::new(),
+    }
 }
 
 fn options(values: &[&str]) -> Value {
@@ -701,6 +716,19 @@ mod tests {
         assert_eq!(provider(Some("tbank")).as_deref(), Some("tbank"));
         assert_eq!(provider(Some("paypal")), None);
         assert_eq!(like_prefix("a_b%"), "a\\_b\\%%");
+    }
+
+    #[test]
+    fn the_pager_keeps_the_filters_encoded() {
+        assert_eq!(keep_query(&[("tool", None), ("status", None)]), "");
+        assert_eq!(
+            keep_query(&[
+                ("tool", Some("a&b c".into())),
+                ("status", None),
+                ("user", Some("u-1".into()))
+            ]),
+            "tool=a%26b+c&user=u-1&"
+        );
     }
 
     #[test]
