@@ -331,7 +331,7 @@ fn settings_of(config: &Config) -> Vec<Section> {
     let Ok(Json::Object(sections)) = serde_json::to_value(config) else {
         return Vec::new();
     };
-    sections
+    let mut sections = sections
         .into_iter()
         .map(|(name, keys)| {
             let rows = match keys {
@@ -373,7 +373,25 @@ fn settings_of(config: &Config) -> Vec<Section> {
             };
             Section { name, rows }
         })
-        .collect()
+        .collect::<Vec<_>>();
+    in_settings_order(&mut sections);
+    sections
+}
+
+/// Sections and keys in the order of [`SETTINGS`] (the file's and `config check`'s order),
+/// anything not listed there after them.
+fn in_settings_order(sections: &mut [Section]) {
+    let place = |section: &str, key: Option<&str>| {
+        SETTINGS
+            .iter()
+            .position(|s| s.section == section && key.is_none_or(|k| s.key == k))
+            .unwrap_or(usize::MAX)
+    };
+    for section in sections.iter_mut() {
+        let name = section.name.clone();
+        section.rows.sort_by_key(|r| place(&name, Some(&r.key)));
+    }
+    sections.sort_by_key(|s| place(&s.name, None));
 }
 
 pub async fn settings(State(state): State<AppState>, admin: Admin) -> Response {
@@ -613,6 +631,10 @@ mod tests {
             .and_then(|s| s.rows.iter().find(|r| r.key == "bind"))
             .expect("server.bind");
         assert_eq!(bind.env, Some("EASY_WRITER_BIND"));
+        // In the file's order.
+        assert_eq!(sections[0].name, "server");
+        assert_eq!(sections[0].rows[0].key, "bind");
+        assert_eq!(sections[1].name, "auth");
         // Unset keys are told apart from set ones; defaults are spelled out.
         assert!(value("server", "database").is_some());
         assert_eq!(value("yookassa", "shop_id"), None);
