@@ -35,7 +35,7 @@ const SESSIONS_SELECT: &str =
 const SESSIONS_ORDER: &str = "g.created_at desc, g.id desc";
 const IMAGES_SELECT: &str =
     "select i.id, i.user_id, u.email, i.prompt, i.format, i.width, i.height, i.status,
-                i.provider, i.error_code, i.created_at, i.file is not null
+                i.provider, i.error_code, i.created_at, i.file is not null, i.upscale_status
          from images i left join users u on u.id = i.user_id";
 const IMAGES_ORDER: &str = "i.created_at desc, i.id desc";
 const PAYMENTS_SELECT: &str =
@@ -305,6 +305,8 @@ struct ImageRow {
     provider: Option<String>,
     error_code: Option<String>,
     created_at: String,
+    /// The last extra upscale's state, if one was ordered.
+    upscale_status: Option<String>,
     /// A signed link to the picture, as a same-origin path (the CSP allows `img-src 'self'`).
     url: Option<String>,
 }
@@ -355,6 +357,7 @@ pub async fn images(
                 provider: r.get(8)?,
                 error_code: r.get(9)?,
                 created_at: r.get(10)?,
+                upscale_status: r.get(12)?,
                 url,
             })
         },
