@@ -9,6 +9,8 @@ mod dashboard;
 mod lists;
 mod login;
 pub mod session;
+mod sites;
+mod system;
 mod users;
 mod view;
 
@@ -37,13 +39,13 @@ pub fn router() -> Router<AppState> {
         .route("/admin/payments", get(lists::payments))
         .route("/admin/webhooks", get(lists::webhooks))
         .route("/admin/transactions", get(lists::transactions))
-        .route("/admin/sites", get(lists::sites))
-        .route("/admin/sites/{id}/rotate", post(lists::rotate_site))
+        .route("/admin/sites", get(sites::sites))
+        .route("/admin/sites/{id}/rotate", post(sites::rotate_site))
         .route("/admin/articles", get(lists::articles))
-        .route("/admin/providers", get(lists::providers))
-        .route("/admin/providers/check", post(lists::check_providers))
-        .route("/admin/settings", get(lists::settings))
-        .route("/admin/backup", post(lists::backup))
+        .route("/admin/providers", get(system::providers))
+        .route("/admin/providers/check", post(system::check_providers))
+        .route("/admin/settings", get(system::settings))
+        .route("/admin/backup", post(system::backup))
         .route("/admin/static/{file}", get(view::static_file))
         .layer(axum::middleware::map_response(view::harden))
 }

@@ -1,0 +1,167 @@
+//! `/admin/sites`: the WordPress sites (never their password digests) with their article
+//! counts, and rotating a site's access password through the code `easy-writer site
+//! rotate-password` uses. The new password is shown once, on the answer to the form, and is
+//! neither stored nor logged.
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use minijinja::Value;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::users::stale_form;
+use super::{Admin, audit, context, view};
+use crate::app::AppState;
+use crate::{db, legacy};
+
+#[derive(Deserialize)]
+pub struct Paged {
+    offset: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct SiteRow {
+    id: String,
+    domain: String,
+    name: Option<String>,
+    owner_user_id: Option<String>,
+    owner_email: Option<String>,
+    created_at: String,
+    articles: i64,
+    completed: i64,
+    published: i64,
+    failed: i64,
+}
+
+pub async fn sites(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(q): Query<Paged>,
+) -> Response {
+    let offset = view::offset(q.offset);
+    let rows = state
+        .db
+        .read(move |c| {
+            c.prepare_cached(
+                "select s.id, s.domain, s.name, s.owner_user_id, u.email, s.created_at,
+                    (select count(*) from articles a where a.site_id = s.id),
+                    (select count(*) from articles a where a.site_id = s.id and a.status = 'completed'),
+                    (select count(*) from articles a where a.site_id = s.id and a.status = 'published'),
+                    (select count(*) from articles a where a.site_id = s.id and a.status = 'failed')
+                 from sites s left join users u on u.id = s.owner_user_id
+                 order by s.created_at desc, s.id desc limit ?1 offset ?2",
+            )?
+            .query_map(params![view::PAGE + 1, offset], |r| {
+                Ok(SiteRow {
+                    id: r.get(0)?,
+                    domain: r.get(1)?,
+                    name: r.get(2)?,
+                    owner_user_id: r.get(3)?,
+                    owner_email: r.get(4)?,
+                    created_at: r.get(5)?,
+                    articles: r.get(6)?,
+                    completed: r.get(7)?,
+                    published: r.get(8)?,
+                    failed: r.get(9)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db::Error::from)
+        })
+        .await;
+    let mut rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, "admin sites");
+            return failed("Не удалось прочитать сайты");
+        }
+    };
+    let more = rows.len() as i64 > view::PAGE;
+    rows.truncate(view::PAGE as usize);
+    view::page(
+        "sites.html",
+        context(
+            &admin,
+            "sites",
+            vec![
+                ("rows", Value::from_serialize(&rows)),
+                ("next", Value::from(more.then_some(offset + view::PAGE))),
+                (
+                    "prev",
+                    Value::from((offset > 0).then(|| (offset - view::PAGE).max(0))),
+                ),
+            ],
+        ),
+    )
+}
+
+fn failed(message: &str) -> Response {
+    view::page_with(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "error.html",
+        Value::from_iter([("message", message.to_owned())]),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct Csrf {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// A new access password for the site: its digest replaces the old one (the plugin signed in
+/// with the old password stops working), in the same write as the audit row.
+pub async fn rotate_site(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    Form(form): Form<Csrf>,
+) -> Response {
+    if !admin.csrf_ok(&form.csrf) {
+        return stale_form();
+    }
+    let password = legacy::new_password();
+    let digest = legacy::password_digest(&password);
+    let who = admin.clone();
+    let rotated = state
+        .db
+        .write(move |tx| {
+            let domain: Option<String> = tx
+                .prepare_cached("select domain from sites where id = ?1")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?;
+            let Some(domain) = domain else {
+                return Ok(None);
+            };
+            if !legacy::store::set_password(tx, &domain, &digest)? {
+                return Ok(None);
+            }
+            audit::record(tx, &who, "rotate_site_password", Some(&id), Some(&domain))?;
+            Ok::<_, db::Error>(Some(domain))
+        })
+        .await;
+    match rotated {
+        Ok(Some(domain)) => view::page(
+            "site_password.html",
+            context(
+                &admin,
+                "sites",
+                vec![
+                    ("domain", Value::from(domain)),
+                    ("password", Value::from(password)),
+                ],
+            ),
+        ),
+        Ok(None) => view::page_with(
+            StatusCode::NOT_FOUND,
+            "error.html",
+            Value::from_iter([("message", "Нет такого сайта")]),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "admin site password rotation");
+            failed("Не удалось сменить пароль сайта")
+        }
+    }
+}
