@@ -21,7 +21,11 @@ const DAYS: i64 = 60;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let users: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(1_000_000);
+    let users: usize = args
+        .next()
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
     let transactions: usize = args
         .next()
         .map(|n| n.parse())
@@ -96,7 +100,9 @@ async fn main() -> anyhow::Result<()> {
         "/admin".to_owned(),
         "/admin/users".to_owned(),
         "/admin/users?offset=500000".to_owned(),
+        // 10 hits, and 1,000 (a full page and a "next" link).
         format!("/admin/users?q={prefix}"),
+        format!("/admin/users?q={}", &prefix[..prefix.len() - 1]),
         "/admin/transactions".to_owned(),
     ] {
         let mut times = Vec::with_capacity(RUNS);
@@ -252,7 +258,7 @@ fn seed(
     }
     tx.commit()?;
     conn.execute_batch("analyze")?;
-    Ok((admin_email, "user00012".to_owned()))
+    Ok((admin_email, "user000012".to_owned()))
 }
 
 async fn sign_in(http: &reqwest::Client, base: &str, email: &str) -> anyhow::Result<String> {
@@ -271,11 +277,7 @@ async fn sign_in(http: &reqwest::Client, base: &str, email: &str) -> anyhow::Res
         .form(&[("email", email), ("password", PASSWORD), ("csrf", csrf)])
         .send()
         .await?;
-    anyhow::ensure!(
-        response.status() == 303,
-        "sign-in: {}",
-        response.status()
-    );
+    anyhow::ensure!(response.status() == 303, "sign-in: {}", response.status());
     cookie(response.headers(), "ew_admin")
 }
 

@@ -227,7 +227,10 @@ async fn admin_pages_are_closed_without_a_valid_admin_session() {
     let s3 = sign_in(&app, &third.email).await;
     // Both sessions work before the change.
     for s in [&s2, &s3] {
-        assert_eq!(get(&app, "/admin/users", Some(&s.cookie)).await.status(), 200);
+        assert_eq!(
+            get(&app, "/admin/users", Some(&s.cookie)).await.status(),
+            200
+        );
     }
     // One loses admin rights, the other is deactivated, behind the UI's back.
     set_flag(&app, &second.user_id, "is_admin", 0).await;
@@ -263,7 +266,10 @@ async fn admin_pages_are_closed_without_a_valid_admin_session() {
     }
     // The session of the one who lost rights is gone even when the rights come back.
     set_flag(&app, &second.user_id, "is_admin", 1).await;
-    assert_to_login(&get(&app, "/admin", Some(&s2.cookie)).await, "ended session");
+    assert_to_login(
+        &get(&app, "/admin", Some(&s2.cookie)).await,
+        "ended session",
+    );
 }
 
 #[tokio::test]
@@ -543,7 +549,13 @@ async fn balance_adjustments_go_through_the_ledger_and_the_audit_log() {
         .await;
         assert_eq!(done(&r, &id), code, "{amount:?} {reason:?}");
     }
-    let r = post(&app, &path, &s.cookie, &[("csrf", &s.csrf), ("amount", "5")]).await;
+    let r = post(
+        &app,
+        &path,
+        &s.cookie,
+        &[("csrf", &s.csrf), ("amount", "5")],
+    )
+    .await;
     assert_eq!(done(&r, &id), "bad_reason");
     assert_eq!(app.balance_and_ledger_sum(&id), (500, 500));
     assert_eq!(transactions_count(&app, &id), 1);
@@ -816,7 +828,10 @@ async fn logout_ends_the_session() {
     assert_to_login(&r, "logout");
     let removal = set_cookie(r.headers(), "ew_admin").expect("cookie removed");
     assert!(removal.starts_with("ew_admin=;"), "{removal}");
-    assert!(removal.to_ascii_lowercase().contains("max-age=0"), "{removal}");
+    assert!(
+        removal.to_ascii_lowercase().contains("max-age=0"),
+        "{removal}"
+    );
     assert_to_login(&get(&app, "/admin", Some(&s.cookie)).await, "after logout");
     assert_to_login(
         &post(&app, "/admin/logout", &s.cookie, &[("csrf", &s.csrf)]).await,
@@ -850,5 +865,8 @@ async fn paging_through_a_search_keeps_the_search() {
     insert_users(&app, "a+b&c", 60).await;
     let html = page(&app, "/admin/users?q=a%2Bb%26c", &s).await;
     assert_eq!(user_rows(&html), 50);
-    assert!(html.contains("?q=a%2Bb%26c&amp;offset=50"), "encoded next link");
+    assert!(
+        html.contains("?q=a%2Bb%26c&amp;offset=50"),
+        "encoded next link"
+    );
 }

@@ -71,7 +71,10 @@ impl WebDriverCompatibleCommand for BrowserLog {
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!("session/{}/se/log", session_id.unwrap_or_default()))
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
     }
 
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
@@ -153,7 +156,10 @@ async fn check_page(client: &Client, base: &str, path: &str, name: &str) -> Seen
         if state == "complete" {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "{path}: {state}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{path}: {state}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let facts = client
@@ -265,14 +271,15 @@ async fn admin_ui_in_headless_chromium() {
         }),
     );
     caps.insert("goog:loggingPrefs".to_owned(), json!({"browser": "ALL"}));
-    let client = ClientBuilder::new(
-        hyper_util::client::legacy::connect::HttpConnector::new(),
-    )
-    .capabilities(caps)
-    .connect(&format!("http://127.0.0.1:{}", driver.port))
-    .await
-    .expect("a Chromium session through chromedriver");
-    client.set_window_size(1280, 900).await.expect("window size");
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a Chromium session through chromedriver");
+    client
+        .set_window_size(1280, 900)
+        .await
+        .expect("window size");
 
     let result = walk(&client, &base, &app, &user.user_id).await;
     let _ = client.close().await;
@@ -334,7 +341,10 @@ async fn walk(
     assert!(links.iter().any(|l| l == "/admin/audit"), "{links:?}");
     let mut seen = Vec::new();
     for href in &links {
-        assert!(href.starts_with("/admin"), "a nav link leaves the admin UI: {href}");
+        assert!(
+            href.starts_with("/admin"),
+            "a nav link leaves the admin UI: {href}"
+        );
         seen.push(visit(client, base, href, &page_name(href)).await);
     }
     // The built pages answer 200; the others are placeholders for now (403 "stale form").
@@ -383,7 +393,13 @@ async fn walk(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    check_page(client, base, "/admin/users/…?done=adjusted", "user-adjusted").await;
+    check_page(
+        client,
+        base,
+        "/admin/users/…?done=adjusted",
+        "user-adjusted",
+    )
+    .await;
     let message = client.find(Locator::Css("p.message")).await?.text().await?;
     assert_eq!(message, "Баланс изменён");
     let body = client.find(Locator::Css("main")).await?.text().await?;
