@@ -79,7 +79,7 @@ fn provider(raw: Option<&str>) -> Option<String> {
 }
 
 /// `%` and `_` taken literally in a `like … escape '\'` prefix.
-fn like_prefix(q: &str) -> String {
+pub(super) fn like_prefix(q: &str) -> String {
     let mut out = String::with_capacity(q.len() + 1);
     for c in q.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -149,7 +149,7 @@ where
 
 /// A list page: its rows, the filters (kept by the pager and shown in the form), paging.
 #[allow(clippy::too_many_arguments)]
-fn render<T: Serialize>(
+pub(super) fn render<T: Serialize>(
     admin: &Admin,
     section: &str,
     template: &str,
@@ -713,7 +713,7 @@ pub async fn articles(
     .await;
     render(
         &admin,
-        "sites",
+        "articles",
         "articles.html",
         "статьи",
         result,

@@ -10,7 +10,7 @@ use minijinja::Value;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use super::{Admin, audit, context, view};
+use super::{Admin, audit, context, lists, view};
 use crate::app::AppState;
 use crate::billing::{self, Kind, ledger};
 use crate::{db, mail, users};
@@ -66,19 +66,6 @@ struct Row {
     created_at: String,
 }
 
-/// `%` and `_` taken literally in a `like … escape '\'` prefix.
-fn like_prefix(q: &str) -> String {
-    let mut out = String::with_capacity(q.len() + 1);
-    for c in q.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
-}
-
 pub async fn list(
     State(state): State<AppState>,
     admin: Admin,
@@ -117,7 +104,10 @@ pub async fn list(
                          where email like ?1 escape '\\' or id = ?2
                          order by email limit ?3 offset ?4"
                     ))?
-                    .query_map(params![like_prefix(q), q, view::PAGE + 1, offset], map)?
+                    .query_map(
+                        params![lists::like_prefix(q), q, view::PAGE + 1, offset],
+                        map,
+                    )?
                     .collect::<Result<_, _>>()?,
                 None => c
                     .prepare_cached(&format!(
@@ -130,27 +120,20 @@ pub async fn list(
             Ok::<_, db::Error>(rows)
         })
         .await;
-    let Ok(mut rows) = rows else {
-        return failed("Не удалось прочитать пользователей");
-    };
-    let more = rows.len() as i64 > view::PAGE;
-    rows.truncate(view::PAGE as usize);
-    view::page(
+    let rows = rows.map(|mut rows| {
+        let more = rows.len() as i64 > view::PAGE;
+        rows.truncate(view::PAGE as usize);
+        (rows, more)
+    });
+    lists::render(
+        &admin,
+        "users",
         "users.html",
-        context(
-            &admin,
-            "users",
-            vec![
-                ("users", Value::from_serialize(&rows)),
-                ("q", Value::from(q)),
-                ("offset", Value::from(offset)),
-                ("next", Value::from(more.then_some(offset + view::PAGE))),
-                (
-                    "prev",
-                    Value::from((offset > 0).then(|| (offset - view::PAGE).max(0))),
-                ),
-            ],
-        ),
+        "пользователей",
+        rows,
+        vec![("q", q)],
+        offset,
+        Vec::new(),
     )
 }
 
@@ -594,24 +577,19 @@ pub async fn audit(
             .map_err(db::Error::from)
         })
         .await;
-    let Ok(mut rows) = rows else {
-        return failed("Не удалось прочитать журнал");
-    };
-    let more = rows.len() as i64 > view::PAGE;
-    rows.truncate(view::PAGE as usize);
-    view::page(
+    let rows = rows.map(|mut rows| {
+        let more = rows.len() as i64 > view::PAGE;
+        rows.truncate(view::PAGE as usize);
+        (rows, more)
+    });
+    lists::render(
+        &admin,
+        "audit",
         "audit.html",
-        context(
-            &admin,
-            "audit",
-            vec![
-                ("rows", Value::from_serialize(&rows)),
-                ("next", Value::from(more.then_some(offset + view::PAGE))),
-                (
-                    "prev",
-                    Value::from((offset > 0).then(|| (offset - view::PAGE).max(0))),
-                ),
-            ],
-        ),
+        "журнал",
+        rows,
+        Vec::new(),
+        offset,
+        Vec::new(),
     )
 }

@@ -2,6 +2,7 @@
 //! and talks HTTP and WebSocket to it (and runs the real binary for the CLI).
 
 mod account;
+mod admin;
 mod admin_pages;
 mod auth;
 mod catalogue;
