@@ -113,20 +113,14 @@ pub async fn submit(
     (jar, Redirect::to("/admin")).into_response()
 }
 
-#[derive(Deserialize)]
-pub struct Csrf {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub async fn logout(
     State(state): State<AppState>,
     admin: Admin,
     jar: CookieJar,
-    Form(form): Form<Csrf>,
+    Form(form): Form<view::CsrfForm>,
 ) -> Response {
     if !admin.csrf_ok(&form.csrf) {
-        return super::users::stale_form();
+        return view::stale_form();
     }
     let hash = admin.token_sha256.clone();
     let _ = state

@@ -11,7 +11,6 @@ use minijinja::Value;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::users::stale_form;
 use super::{Admin, audit, context, view};
 use crate::app::AppState;
 use crate::{db, legacy};
@@ -75,7 +74,7 @@ pub async fn sites(
         Ok(rows) => rows,
         Err(e) => {
             tracing::error!(error = %e, "admin sites");
-            return failed("Не удалось прочитать сайты");
+            return view::failed("Не удалось прочитать сайты");
         }
     };
     let more = rows.len() as i64 > view::PAGE;
@@ -97,30 +96,16 @@ pub async fn sites(
     )
 }
 
-fn failed(message: &str) -> Response {
-    view::page_with(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "error.html",
-        Value::from_iter([("message", message.to_owned())]),
-    )
-}
-
-#[derive(Deserialize)]
-pub struct Csrf {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// A new access password for the site: its digest replaces the old one (the plugin signed in
 /// with the old password stops working), in the same write as the audit row.
 pub async fn rotate_site(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
-    Form(form): Form<Csrf>,
+    Form(form): Form<view::CsrfForm>,
 ) -> Response {
     if !admin.csrf_ok(&form.csrf) {
-        return stale_form();
+        return view::stale_form();
     }
     let password = legacy::new_password();
     let digest = legacy::password_digest(&password);
@@ -161,7 +146,7 @@ pub async fn rotate_site(
         ),
         Err(e) => {
             tracing::error!(error = %e, "admin site password rotation");
-            failed("Не удалось сменить пароль сайта")
+            view::failed("Не удалось сменить пароль сайта")
         }
     }
 }

@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 use axum::Form;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use minijinja::Value;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::users::stale_form;
 use super::{Admin, audit, context, view};
 use crate::app::AppState;
 use crate::config::{Config, SETTINGS};
@@ -23,20 +22,6 @@ use crate::{db, images, llm};
 
 /// What stands in for a secret's value.
 const MASK: &str = "********";
-
-fn failed(message: &str) -> Response {
-    view::page_with(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "error.html",
-        Value::from_iter([("message", message.to_owned())]),
-    )
-}
-
-#[derive(Deserialize)]
-pub struct Csrf {
-    #[serde(default)]
-    csrf: String,
-}
 
 // --- providers ---------------------------------------------------------------------------
 
@@ -230,10 +215,10 @@ async fn run_checks(state: &AppState) -> Vec<Checked> {
 pub async fn check_providers(
     State(state): State<AppState>,
     admin: Admin,
-    Form(form): Form<Csrf>,
+    Form(form): Form<view::CsrfForm>,
 ) -> Response {
     if !admin.csrf_ok(&form.csrf) {
-        return stale_form();
+        return view::stale_form();
     }
     let checked = run_checks(&state).await;
     let summary = if checked.is_empty() {
@@ -258,7 +243,7 @@ pub async fn check_providers(
         .await;
     if let Err(e) = recorded {
         tracing::error!(error = %e, "admin providers check audit");
-        return failed("Не удалось записать проверку в журнал");
+        return view::failed("Не удалось записать проверку в журнал");
     }
     providers_page(&state, &admin, Some(checked))
 }
@@ -489,10 +474,10 @@ fn chunks(download: Download) -> Body {
 pub async fn backup(
     State(state): State<AppState>,
     admin: Admin,
-    Form(form): Form<Csrf>,
+    Form(form): Form<view::CsrfForm>,
 ) -> Response {
     if !admin.csrf_ok(&form.csrf) {
-        return stale_form();
+        return view::stale_form();
     }
     let stamp = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
@@ -509,11 +494,11 @@ pub async fn backup(
         Ok(Ok(made)) => made,
         Ok(Err(e)) => {
             tracing::error!(error = %format!("{e:#}"), "admin backup");
-            return failed("Не удалось сделать резервную копию");
+            return view::failed("Не удалось сделать резервную копию");
         }
         Err(e) => {
             tracing::error!(error = %e, "admin backup task");
-            return failed("Не удалось сделать резервную копию");
+            return view::failed("Не удалось сделать резервную копию");
         }
     };
     let who = admin.clone();
@@ -523,7 +508,7 @@ pub async fn backup(
         .await;
     if let Err(e) = recorded {
         tracing::error!(error = %e, "admin backup audit");
-        return failed("Не удалось записать копию в журнал");
+        return view::failed("Не удалось записать копию в журнал");
     }
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"));

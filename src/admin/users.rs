@@ -4,7 +4,6 @@
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::Value;
 use rusqlite::{Connection, params};
@@ -18,34 +17,6 @@ use crate::{db, mail, users};
 /// Largest single balance adjustment, either way.
 const ADJUST_MAX: i64 = 1_000_000_000;
 const REASON_MAX: usize = 200;
-
-/// The answer to a form whose CSRF token is missing or not the session's.
-pub fn stale_form() -> Response {
-    view::page_with(
-        StatusCode::FORBIDDEN,
-        "error.html",
-        Value::from_iter([(
-            "message",
-            "Форма устарела или пришла не с этой страницы. Обновите страницу и попробуйте ещё раз.",
-        )]),
-    )
-}
-
-fn failed(message: &str) -> Response {
-    view::page_with(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "error.html",
-        Value::from_iter([("message", message.to_owned())]),
-    )
-}
-
-fn not_found() -> Response {
-    view::page_with(
-        StatusCode::NOT_FOUND,
-        "error.html",
-        Value::from_iter([("message", "Нет такой записи")]),
-    )
-}
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -292,10 +263,10 @@ pub async fn detail(
                 ],
             ),
         ),
-        Ok(None) => not_found(),
+        Ok(None) => view::not_found(),
         Err(e) => {
             tracing::error!(error = %e, "admin user detail");
-            failed("Не удалось прочитать пользователя")
+            view::failed("Не удалось прочитать пользователя")
         }
     }
 }
@@ -322,7 +293,7 @@ pub async fn adjust(
     Form(form): Form<Adjust>,
 ) -> Response {
     if !admin.csrf_ok(&form.csrf) {
-        return stale_form();
+        return view::stale_form();
     }
     let Some(amount) = form
         .amount
@@ -366,10 +337,10 @@ pub async fn adjust(
     match result {
         Ok(()) => back(&id, "adjusted"),
         Err(billing::Error::InsufficientBalance { .. }) => back(&id, "short"),
-        Err(billing::Error::UserNotFound) => not_found(),
+        Err(billing::Error::UserNotFound) => view::not_found(),
         Err(e) => {
             tracing::error!(error = %e, "admin balance adjustment");
-            failed("Не удалось изменить баланс")
+            view::failed("Не удалось изменить баланс")
         }
     }
 }
@@ -399,41 +370,20 @@ fn other_admins(tx: &Connection, id: &str) -> Result<i64, db::Error> {
     )?)
 }
 
+/// The two flags an admin sets on a user.
+#[derive(Clone, Copy)]
+enum Which {
+    Active,
+    Admin,
+}
+
 pub async fn set_active(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
     Form(form): Form<Flag>,
 ) -> Response {
-    if !admin.csrf_ok(&form.csrf) {
-        return stale_form();
-    }
-    let active = form.value == "1";
-    let target = id.clone();
-    let result = state
-        .db
-        .write(move |tx| {
-            let Some(user) = users::store::by_id(tx, &target)? else {
-                return Ok(Changed::Missing);
-            };
-            if !active && user.is_admin && other_admins(tx, &target)? == 0 {
-                return Ok(Changed::LastAdmin);
-            }
-            users::store::set_active(tx, &user.email, active)?;
-            if !active {
-                crate::auth::store::revoke_all_sessions(tx, &target, "deactivated")?;
-                tx.execute("delete from admin_sessions where user_id = ?1", [&target])?;
-            }
-            let action = if active { "activate" } else { "deactivate" };
-            audit::record(tx, &admin, action, Some(&target), Some(&user.email))?;
-            Ok::<_, db::Error>(Changed::Done(if active {
-                "activated"
-            } else {
-                "deactivated"
-            }))
-        })
-        .await;
-    flag_answer(&id, result)
+    change(state, admin, id, form, Which::Active).await
 }
 
 pub async fn set_admin(
@@ -442,10 +392,17 @@ pub async fn set_admin(
     Path(id): Path<String>,
     Form(form): Form<Flag>,
 ) -> Response {
+    change(state, admin, id, form, Which::Admin).await
+}
+
+/// Sets or clears a flag in one write with its audit row. Clearing either flag of the last
+/// active admin is refused; losing either also ends the user's admin sessions, and
+/// deactivation ends their API sessions too.
+async fn change(state: AppState, admin: Admin, id: String, form: Flag, which: Which) -> Response {
     if !admin.csrf_ok(&form.csrf) {
-        return stale_form();
+        return view::stale_form();
     }
-    let make = form.value == "1";
+    let set = form.value == "1";
     let target = id.clone();
     let result = state
         .db
@@ -453,20 +410,29 @@ pub async fn set_admin(
             let Some(user) = users::store::by_id(tx, &target)? else {
                 return Ok(Changed::Missing);
             };
-            if !make && user.is_admin && other_admins(tx, &target)? == 0 {
+            if !set && user.is_admin && other_admins(tx, &target)? == 0 {
                 return Ok(Changed::LastAdmin);
             }
-            users::store::set_admin(tx, &target, make)?;
-            if !make {
+            let (action, done) = match (which, set) {
+                (Which::Active, true) => ("activate", "activated"),
+                (Which::Active, false) => ("deactivate", "deactivated"),
+                (Which::Admin, true) => ("make_admin", "made_admin"),
+                (Which::Admin, false) => ("revoke_admin", "revoked_admin"),
+            };
+            match which {
+                Which::Active => {
+                    users::store::set_active(tx, &user.email, set)?;
+                }
+                Which::Admin => users::store::set_admin(tx, &target, set)?,
+            }
+            if !set {
+                if matches!(which, Which::Active) {
+                    crate::auth::store::revoke_all_sessions(tx, &target, "deactivated")?;
+                }
                 tx.execute("delete from admin_sessions where user_id = ?1", [&target])?;
             }
-            let action = if make { "make_admin" } else { "revoke_admin" };
             audit::record(tx, &admin, action, Some(&target), Some(&user.email))?;
-            Ok::<_, db::Error>(Changed::Done(if make {
-                "made_admin"
-            } else {
-                "revoked_admin"
-            }))
+            Ok::<_, db::Error>(Changed::Done(done))
         })
         .await;
     flag_answer(&id, result)
@@ -476,18 +442,12 @@ fn flag_answer(id: &str, result: Result<Changed, db::Error>) -> Response {
     match result {
         Ok(Changed::Done(code)) => back(id, code),
         Ok(Changed::LastAdmin) => back(id, "last_admin"),
-        Ok(Changed::Missing) => not_found(),
+        Ok(Changed::Missing) => view::not_found(),
         Err(e) => {
             tracing::error!(error = %e, "admin flag change");
-            failed("Не удалось сохранить")
+            view::failed("Не удалось сохранить")
         }
     }
-}
-
-#[derive(Deserialize)]
-pub struct Csrf {
-    #[serde(default)]
-    csrf: String,
 }
 
 /// Sends the user a password reset letter, as `/auth/password/forgot` would.
@@ -495,10 +455,10 @@ pub async fn send_reset(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
-    Form(form): Form<Csrf>,
+    Form(form): Form<view::CsrfForm>,
 ) -> Response {
     if !admin.csrf_ok(&form.csrf) {
-        return stale_form();
+        return view::stale_form();
     }
     let Some(mailer) = state.mailer.clone() else {
         return back(&id, "no_mail");
@@ -529,10 +489,10 @@ pub async fn send_reset(
             });
             back(&id, "reset_sent")
         }
-        Ok(None) => not_found(),
+        Ok(None) => view::not_found(),
         Err(e) => {
             tracing::error!(error = %e, "admin password reset");
-            failed("Не удалось отправить письмо")
+            view::failed("Не удалось отправить письмо")
         }
     }
 }

@@ -128,6 +128,39 @@ pub async fn harden(response: Response) -> Response {
     response
 }
 
+/// An error page with `message` (fixed text of ours, never the caller's input).
+pub fn error(status: StatusCode, message: &str) -> Response {
+    page_with(
+        status,
+        "error.html",
+        Value::from_iter([("message", message.to_owned())]),
+    )
+}
+
+/// The answer to a storage failure; the cause is logged by the caller.
+pub fn failed(message: &str) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, message)
+}
+
+pub fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "Нет такой записи")
+}
+
+/// The answer to a form whose CSRF token is missing or not the session's.
+pub fn stale_form() -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        "Форма устарела или пришла не с этой страницы. Обновите страницу и попробуйте ещё раз.",
+    )
+}
+
+/// A form that carries only the CSRF token.
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
 /// Rows per list page.
 pub const PAGE: i64 = 50;
 
