@@ -34,6 +34,10 @@ struct ProviderRow {
     active: bool,
     /// Place in the fallback order, from 1.
     order: Option<usize>,
+    /// Consecutive failures now (text providers).
+    failures: u32,
+    /// Seconds left out of rotation, when its breaker is open.
+    out_for_secs: Option<u64>,
     requests: u64,
     errors: u64,
     mean_ms: u64,
@@ -70,7 +74,10 @@ fn provider_rows(state: &AppState) -> (Vec<ProviderRow>, Vec<ProviderRow>) {
         .into_iter()
         .map(|id| {
             let (requests, errors, mean_ms) = total("text", id.as_str());
+            let (failures, out_for) = state.llm.breaker(id).unwrap_or((0, None));
             ProviderRow {
+                failures,
+                out_for_secs: out_for.map(|d| d.as_secs().max(1)),
                 name: id.as_str(),
                 configured: configured.get(id.as_str()).copied().unwrap_or(false),
                 active: state.llm.provider(id).is_some(),
@@ -88,6 +95,8 @@ fn provider_rows(state: &AppState) -> (Vec<ProviderRow>, Vec<ProviderRow>) {
             let (requests, errors, mean_ms) = total("image", id.as_str());
             let position = in_use.iter().position(|p| *p == id);
             ProviderRow {
+                failures: 0,
+                out_for_secs: None,
                 name: id.as_str(),
                 configured: configured.get(id.as_str()).copied().unwrap_or(false)
                     || position.is_some(),

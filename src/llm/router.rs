@@ -186,6 +186,20 @@ impl LlmRouter {
         self.plan(None)
     }
 
+    /// A provider's breaker: consecutive failures now, and how long it stays out of rotation
+    /// (`None` while in rotation). `None` for an unconfigured provider.
+    pub fn breaker(&self, id: ProviderId) -> Option<(u32, Option<std::time::Duration>)> {
+        let slot = self.slots.get(&id)?;
+        let failures = slot.breaker.failures.load(Ordering::Relaxed);
+        let open_until = *slot
+            .breaker
+            .open_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let left = open_until.and_then(|until| until.checked_duration_since(Instant::now()));
+        Some((failures, left))
+    }
+
     /// The provider itself, for `providers check`.
     pub fn provider(&self, id: ProviderId) -> Option<&Arc<dyn Provider>> {
         self.slots.get(&id).map(|s| &s.provider)
