@@ -266,9 +266,10 @@ async fn a_failing_provider_leaves_rotation_and_comes_back_after_the_cooldown() 
         .env("EASY_WRITER_BREAKER_COOLDOWN_SECS", 1)
         .spawn()
         .await;
-    // Two calls with a 400 each open the breaker; the third skips OpenAI entirely.
+    // Two failures on OpenAI's side (a 400 would be the request's fault and leave the
+    // breaker alone) open the breaker; later calls skip OpenAI entirely.
     Mock::given(path("/chat/completions"))
-        .respond_with(ResponseTemplate::new(400))
+        .respond_with(ResponseTemplate::new(500))
         .up_to_n_times(2)
         .expect(2)
         .mount(openai(&app))
