@@ -293,7 +293,10 @@ async fn a_failing_provider_leaves_rotation_and_comes_back_after_the_cooldown() 
     // What the admin UI's providers page shows: out of rotation, for at most the cooldown.
     let (_, out_for) = app.state.llm.breaker(ProviderId::OpenAi).unwrap();
     assert!(out_for.is_some_and(|d| d <= Duration::from_secs(1)));
-    assert_eq!(app.state.llm.breaker(ProviderId::YandexGpt), Some((0, None)));
+    assert_eq!(
+        app.state.llm.breaker(ProviderId::YandexGpt),
+        Some((0, None))
+    );
     assert_eq!(app.state.llm.breaker(ProviderId::GigaChat), None);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     Mock::given(path("/chat/completions"))

@@ -5,8 +5,10 @@
 //! the server, the stylesheet applied; a screenshot of each into `target/browser-screenshots/`.
 //! Then the balance form is submitted in the browser.
 //!
-//! Without the browser the test fails, naming what is missing, unless
-//! `EASY_WRITER_BROWSER_OPTIONAL=1` (then it says so loudly on stderr and passes).
+//! Without the browser, run as root on Debian, the test installs `chromium` and
+//! `chromium-driver` itself (what `.ci/run` does), so `cargo test` needs nothing installed by
+//! hand; otherwise it fails, naming what is missing, unless `EASY_WRITER_BROWSER_OPTIONAL=1`
+//! (then it says so loudly on stderr and passes).
 
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
@@ -227,8 +229,34 @@ async fn check_page(client: &Client, base: &str, path: &str, name: &str) -> Seen
     seen
 }
 
+/// Installs Debian's `chromium` and `chromium-driver` when this process may (root, apt-get
+/// present); says what it does, since it takes a minute and a download.
+fn install_browser() {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if !root || !Path::new("/usr/bin/apt-get").exists() {
+        return;
+    }
+    eprintln!("browser: installing chromium and chromium-driver with apt-get");
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !(apt(&["update"]) && apt(&["install", "-y", "chromium", "chromium-driver"])) {
+        eprintln!("browser: apt-get could not install them");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_ui_in_headless_chromium() {
+    if browser_missing().is_some() {
+        install_browser();
+    }
     if let Some(message) = browser_missing() {
         eprintln!("{message}");
         if std::env::var("EASY_WRITER_BROWSER_OPTIONAL").as_deref() == Ok("1") {
