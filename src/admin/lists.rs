@@ -93,7 +93,7 @@ pub(super) fn like_prefix(q: &str) -> String {
 
 /// The `where` clauses of a list and their parameters, in order.
 #[derive(Default)]
-struct Where {
+pub(super) struct Where {
     clauses: Vec<&'static str>,
     params: Vec<Sql>,
 }
@@ -104,6 +104,12 @@ impl Where {
             self.clauses.push(clause);
             self.params.push(Sql::Text(v.clone()));
         }
+    }
+
+    /// A clause with several parameters, always applied.
+    pub(super) fn add_all(&mut self, clause: &'static str, values: Vec<Sql>) {
+        self.clauses.push(clause);
+        self.params.extend(values);
     }
 
     fn sql(&self) -> String {
@@ -117,7 +123,7 @@ impl Where {
 
 /// One page of `select … from … [where …] order by … limit PAGE+1 offset`, and whether
 /// there is a next one.
-async fn page_of<T, F>(
+pub(super) async fn page_of<T, F>(
     state: &AppState,
     select: &'static str,
     filter: Where,

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use minijinja::Value;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
 use super::{Admin, audit, context, view};
@@ -40,59 +40,42 @@ pub async fn sites(
     Query(q): Query<Paged>,
 ) -> Response {
     let offset = view::offset(q.offset);
-    let rows = state
-        .db
-        .read(move |c| {
-            c.prepare_cached(
-                "select s.id, s.domain, s.name, s.owner_user_id, u.email, s.created_at,
-                    (select count(*) from articles a where a.site_id = s.id),
-                    (select count(*) from articles a where a.site_id = s.id and a.status = 'completed'),
-                    (select count(*) from articles a where a.site_id = s.id and a.status = 'published'),
-                    (select count(*) from articles a where a.site_id = s.id and a.status = 'failed')
-                 from sites s left join users u on u.id = s.owner_user_id
-                 order by s.created_at desc, s.id desc limit ?1 offset ?2",
-            )?
-            .query_map(params![view::PAGE + 1, offset], |r| {
-                Ok(SiteRow {
-                    id: r.get(0)?,
-                    domain: r.get(1)?,
-                    name: r.get(2)?,
-                    owner_user_id: r.get(3)?,
-                    owner_email: r.get(4)?,
-                    created_at: r.get(5)?,
-                    articles: r.get(6)?,
-                    completed: r.get(7)?,
-                    published: r.get(8)?,
-                    failed: r.get(9)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db::Error::from)
-        })
-        .await;
-    let mut rows = match rows {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::error!(error = %e, "admin sites");
-            return view::failed("Не удалось прочитать сайты");
-        }
-    };
-    let more = rows.len() as i64 > view::PAGE;
-    rows.truncate(view::PAGE as usize);
-    view::page(
+    let rows = super::lists::page_of(
+        &state,
+        "select s.id, s.domain, s.name, s.owner_user_id, u.email, s.created_at,
+            (select count(*) from articles a where a.site_id = s.id),
+            (select count(*) from articles a where a.site_id = s.id and a.status = 'completed'),
+            (select count(*) from articles a where a.site_id = s.id and a.status = 'published'),
+            (select count(*) from articles a where a.site_id = s.id and a.status = 'failed')
+         from sites s left join users u on u.id = s.owner_user_id",
+        super::lists::Where::default(),
+        "s.created_at desc, s.id desc",
+        offset,
+        |r| {
+            Ok(SiteRow {
+                id: r.get(0)?,
+                domain: r.get(1)?,
+                name: r.get(2)?,
+                owner_user_id: r.get(3)?,
+                owner_email: r.get(4)?,
+                created_at: r.get(5)?,
+                articles: r.get(6)?,
+                completed: r.get(7)?,
+                published: r.get(8)?,
+                failed: r.get(9)?,
+            })
+        },
+    )
+    .await;
+    super::lists::render(
+        &admin,
+        "sites",
         "sites.html",
-        context(
-            &admin,
-            "sites",
-            vec![
-                ("rows", Value::from_serialize(&rows)),
-                ("next", Value::from(more.then_some(offset + view::PAGE))),
-                (
-                    "prev",
-                    Value::from((offset > 0).then(|| (offset - view::PAGE).max(0))),
-                ),
-            ],
-        ),
+        "сайты",
+        rows,
+        Vec::new(),
+        offset,
+        Vec::new(),
     )
 }
 

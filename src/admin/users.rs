@@ -6,7 +6,7 @@ use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::Value;
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use super::{Admin, audit, context, lists, view};
@@ -47,55 +47,34 @@ pub async fn list(
         .map(|q| q.trim().chars().take(255).collect::<String>())
         .filter(|q| !q.is_empty());
     let offset = view::offset(query.offset);
-    let search = q.clone();
-    let rows = state
-        .db
-        .read(move |c| {
-            let map = |r: &rusqlite::Row<'_>| {
-                Ok(Row {
-                    id: r.get(0)?,
-                    email: r.get(1)?,
-                    name: r.get(2)?,
-                    provider: r.get(3)?,
-                    balance: r.get(4)?,
-                    is_active: r.get(5)?,
-                    is_admin: r.get(6)?,
-                    is_verified: r.get(7)?,
-                    created_at: r.get(8)?,
-                })
-            };
-            const COLS: &str =
-                "id, email, name, provider, balance, is_active, is_admin, is_verified, created_at";
-            // One row more than a page says whether there is a next one, without a count.
-            let rows: Vec<Row> = match &search {
-                // An email prefix (the nocase index serves it), or an exact id.
-                Some(q) => c
-                    .prepare_cached(&format!(
-                        "select {COLS} from users
-                         where email like ?1 escape '\\' or id = ?2
-                         order by email limit ?3 offset ?4"
-                    ))?
-                    .query_map(
-                        params![lists::like_prefix(q), q, view::PAGE + 1, offset],
-                        map,
-                    )?
-                    .collect::<Result<_, _>>()?,
-                None => c
-                    .prepare_cached(&format!(
-                        "select {COLS} from users order by created_at desc, id desc
-                         limit ?1 offset ?2"
-                    ))?
-                    .query_map(params![view::PAGE + 1, offset], map)?
-                    .collect::<Result<_, _>>()?,
-            };
-            Ok::<_, db::Error>(rows)
+    let map = |r: &rusqlite::Row<'_>| {
+        Ok(Row {
+            id: r.get(0)?,
+            email: r.get(1)?,
+            name: r.get(2)?,
+            provider: r.get(3)?,
+            balance: r.get(4)?,
+            is_active: r.get(5)?,
+            is_admin: r.get(6)?,
+            is_verified: r.get(7)?,
+            created_at: r.get(8)?,
         })
-        .await;
-    let rows = rows.map(|mut rows| {
-        let more = rows.len() as i64 > view::PAGE;
-        rows.truncate(view::PAGE as usize);
-        (rows, more)
-    });
+    };
+    const SELECT: &str = "select id, email, name, provider, balance, is_active, is_admin, \
+                          is_verified, created_at from users";
+    let mut filter = lists::Where::default();
+    let order = match &q {
+        // An email prefix (the nocase index serves it), or an exact id.
+        Some(q) => {
+            filter.add_all(
+                "(email like ? escape '\\' or id = ?)",
+                vec![lists::like_prefix(q).into(), q.clone().into()],
+            );
+            "email"
+        }
+        None => "created_at desc, id desc",
+    };
+    let rows = lists::page_of(&state, SELECT, filter, order, offset, map).await;
     lists::render(
         &admin,
         "users",
@@ -517,31 +496,23 @@ pub async fn audit(
     Query(query): Query<Paged>,
 ) -> Response {
     let offset = view::offset(query.offset);
-    let rows = state
-        .db
-        .read(move |c| {
-            c.prepare_cached(
-                "select admin_email, action, target, detail, created_at from admin_audit
-                 order by created_at desc, id desc limit ?1 offset ?2",
-            )?
-            .query_map(params![view::PAGE + 1, offset], |r| {
-                Ok(AuditRow {
-                    admin_email: r.get(0)?,
-                    action: r.get(1)?,
-                    target: r.get(2)?,
-                    detail: r.get(3)?,
-                    created_at: r.get(4)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db::Error::from)
-        })
-        .await;
-    let rows = rows.map(|mut rows| {
-        let more = rows.len() as i64 > view::PAGE;
-        rows.truncate(view::PAGE as usize);
-        (rows, more)
-    });
+    let rows = lists::page_of(
+        &state,
+        "select admin_email, action, target, detail, created_at from admin_audit",
+        lists::Where::default(),
+        "created_at desc, id desc",
+        offset,
+        |r| {
+            Ok(AuditRow {
+                admin_email: r.get(0)?,
+                action: r.get(1)?,
+                target: r.get(2)?,
+                detail: r.get(3)?,
+                created_at: r.get(4)?,
+            })
+        },
+    )
+    .await;
     lists::render(
         &admin,
         "audit",

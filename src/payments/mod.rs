@@ -124,7 +124,13 @@ pub struct Payments {
     /// Payments whose provider was asked lately on their owner's request, so a status page
     /// polling every second asks the provider at most every [`ASK_INTERVAL`].
     asked: moka::sync::Cache<String, ()>,
+    /// Refused webhook calls logged per client IP and minute: a flood of forgeries must not
+    /// fill the disk with log rows.
+    pub refusals_logged: crate::auth::throttle::Throttle,
 }
+
+/// Refused webhook calls from one IP logged per minute; the rest are answered, not stored.
+pub const REFUSALS_LOGGED_PER_MINUTE: u32 = 60;
 
 /// How often a status request may ask the provider about the same payment.
 pub const ASK_INTERVAL: Duration = Duration::from_secs(10);
@@ -145,6 +151,10 @@ impl Payments {
                 .weigher(|k: &String, _| u32::try_from(k.len() + 64).unwrap_or(u32::MAX))
                 .max_capacity(4 * 1024 * 1024)
                 .build(),
+            refusals_logged: crate::auth::throttle::Throttle::new(
+                Duration::from_secs(60),
+                1024 * 1024,
+            ),
         })
     }
 

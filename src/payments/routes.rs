@@ -411,5 +411,12 @@ async fn receive(
         kind,
     };
     let remote = (!ip.is_unspecified()).then(|| ip.to_string());
-    webhook::handle(&state.db, gateway, &incoming, remote).await
+    webhook::handle(
+        &state.db,
+        gateway,
+        &state.payments.refusals_logged,
+        &incoming,
+        remote,
+    )
+    .await
 }

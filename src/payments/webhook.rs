@@ -10,11 +10,14 @@ use serde_json::{Value, json};
 use super::settle::{self, Applied};
 use super::store::{self, Call};
 use super::{Gateway, Incoming, Outcome, Refused, Slug};
+use crate::auth::throttle::{Key, Throttle};
 use crate::db::Db;
 use crate::error::ApiError;
 
 /// Longest body stored in the log.
 const LOGGED_BODY_MAX: usize = 16 * 1024;
+/// Longest body stored for a refused call (anyone can send those).
+const REFUSED_BODY_MAX: usize = 2 * 1024;
 /// Fields that are secrets or act as one (card tokens for repeat charges, signatures that
 /// prove a payment to anyone who has them); removed before a call is stored.
 const SECRET_FIELDS: &[&str] = &[
@@ -33,16 +36,13 @@ const SIGNATURE_HEADERS: &[&str] = &["content-hmac", "x-content-hmac"];
 pub async fn handle(
     db: &Db,
     gateway: &Gateway,
+    refusals_logged: &Throttle,
     incoming: &Incoming<'_>,
     remote_ip: Option<String>,
 ) -> Response {
     let slug = gateway.slug();
     if let Some(refused) = unknown_yookassa_payment(db, gateway, incoming).await {
-        let call = logged(slug, incoming, remote_ip);
-        let logged_applied = refused.clone();
-        if let Err(e) = db.write(move |tx| call.write(tx, &logged_applied)).await {
-            tracing::error!(provider = %slug, error = %e, "cannot log a payment webhook");
-        }
+        log_refusal(db, refusals_logged, slug, incoming, remote_ip, &refused).await;
         return answer(slug, &refused.outcome);
     }
     let applied = match gateway.notice(incoming).await {
@@ -72,15 +72,51 @@ pub async fn handle(
                 payment_id: None,
                 detail: Some(rejection.to_string()),
             };
-            let call = logged(slug, incoming, remote_ip);
-            let logged_applied = applied.clone();
-            if let Err(e) = db.write(move |tx| call.write(tx, &logged_applied)).await {
-                tracing::error!(provider = %slug, error = %e, "cannot log a payment webhook");
-            }
+            log_refusal(db, refusals_logged, slug, incoming, remote_ip, &applied).await;
             applied
         }
     };
     answer(slug, &applied.outcome)
+}
+
+/// Logs a call refused before it reached a payment, at most
+/// [`REFUSALS_LOGGED_PER_MINUTE`](super::REFUSALS_LOGGED_PER_MINUTE) per client IP and with a
+/// shorter body: anyone can send those, and a flood of them must not fill the disk.
+async fn log_refusal(
+    db: &Db,
+    refusals_logged: &Throttle,
+    slug: Slug,
+    incoming: &Incoming<'_>,
+    remote_ip: Option<String>,
+    applied: &Applied,
+) {
+    let ip = remote_ip.as_deref().unwrap_or("unknown");
+    let key = Key::new("payments:refusal-log", &[ip.as_bytes()]);
+    if refusals_logged
+        .attempt(key, super::REFUSALS_LOGGED_PER_MINUTE)
+        .is_err()
+    {
+        tracing::warn!(provider = %slug, client.ip = ip, "refused payment webhooks not logged: too many");
+        return;
+    }
+    let mut call = logged(slug, incoming, remote_ip);
+    cap(&mut call.body, REFUSED_BODY_MAX);
+    let applied = applied.clone();
+    if let Err(e) = db.write(move |tx| call.write(tx, &applied)).await {
+        tracing::error!(provider = %slug, error = %e, "cannot log a payment webhook");
+    }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
+fn cap(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
 }
 
 /// A YooKassa notification about a payment we never opened, refused before it can make us
@@ -183,14 +219,7 @@ impl Logged {
 
 fn logged(provider: Slug, incoming: &Incoming<'_>, remote_ip: Option<String>) -> Logged {
     let mut body = redact(incoming);
-    if body.len() > LOGGED_BODY_MAX {
-        let mut end = LOGGED_BODY_MAX;
-        while !body.is_char_boundary(end) {
-            end -= 1;
-        }
-        body.truncate(end);
-        body.push('…');
-    }
+    cap(&mut body, LOGGED_BODY_MAX);
     Logged {
         provider,
         remote_ip,

@@ -1178,3 +1178,55 @@ async fn a_create_cut_off_by_a_stop_is_failed_at_the_next_start() {
     assert_eq!(answer.0, 503);
     assert!(answer.1.contains("interrupted"));
 }
+
+#[tokio::test]
+async fn a_flood_of_forgeries_is_answered_but_logged_only_up_to_a_limit() {
+    let shop = shop().await;
+    let app = &shop.app;
+    let user = app.register(&email("pay-flood")).await;
+    created(app, &user, "tbank", 100).await;
+    let tb_id = shop
+        .tbank
+        .lock()
+        .unwrap()
+        .payments
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let confirmed = fake::tbank_notification(&shop.tbank, &tb_id, "CONFIRMED", true);
+    let mut forged = confirmed.clone();
+    forged["Token"] = json!("f".repeat(64));
+    forged["Pan"] = json!("x".repeat(40_000));
+    let limit = easy_writer::payments::REFUSALS_LOGGED_PER_MINUTE as usize;
+    for _ in 0..limit + 10 {
+        assert_eq!(deliver_json(app, "tbank", &forged).await.0, 401);
+    }
+    // A genuine notification is still processed and logged.
+    assert_eq!(
+        deliver_json(app, "tbank", &confirmed).await,
+        (200, "OK".to_owned())
+    );
+    assert_eq!(balance(app, &user).await["balance"], 1000);
+    let conn = rusqlite::Connection::open(app.database_path()).unwrap();
+    let (refused, longest): (usize, usize) = conn
+        .query_row(
+            "select count(*), max(length(body)) from payment_webhooks where verdict like 'rejected:%'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(refused, limit);
+    assert!(
+        longest <= 2 * 1024 + 4,
+        "a refused call's body is cut short: {longest}"
+    );
+    let credited: i64 = conn
+        .query_row(
+            "select count(*) from payment_webhooks where verdict = 'credited'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(credited, 1);
+}
