@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 /// One entry of a 422 `detail` list, shaped as FastAPI's.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
-    /// Path to the offending value, e.g. `["body", "email"]`.
-    #[schema(value_type = Vec<String>)]
+    /// Path to the offending value, e.g. `["body", "email"]` (an array index is a number).
+    #[schema(schema_with = loc_schema)]
     pub loc: Vec<Value>,
     pub msg: String,
     #[serde(rename = "type")]
@@ -44,10 +44,34 @@ impl FieldError {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Human-readable text, or the list of validation failures for `422`.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = detail_schema)]
     pub detail: Value,
     /// Stable machine code, e.g. `insufficient_balance`.
     pub code: String,
+}
+
+fn loc_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            OneOfBuilder::new()
+                .item(ObjectBuilder::new().schema_type(Type::String))
+                .item(ObjectBuilder::new().schema_type(Type::Integer)),
+        )
+        .build()
+}
+
+fn detail_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::PartialSchema;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(ArrayBuilder::new().items(FieldError::schema()))
+        .description(Some(
+            "Human-readable text, or the list of validation failures for `422`.",
+        ))
+        .build()
+        .into()
 }
 
 /// An HTTP error response in the contract's shape.

@@ -21,6 +21,35 @@ pub const WINDOW_SECS: i64 = 24 * 3600;
 /// Longest accepted key.
 pub const KEY_MAX: usize = 255;
 
+/// The `Idempotency-Key` header as the OpenAPI document describes it: visible ASCII, spaces only
+/// inside, at most [`KEY_MAX`] characters.
+pub struct KeyHeader;
+
+impl utoipa::IntoParams for KeyHeader {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        vec![
+            ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(utoipa::openapi::Required::False)
+                .description(Some(
+                    "The same key within 24 h replays the first answer and charges nothing again",
+                ))
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some("^[!-~]([ -~]*[!-~])?$"))
+                        .max_length(Some(KEY_MAX)),
+                ))
+                .build(),
+        ]
+    }
+}
+
 /// What a key says about a request.
 pub enum Claim {
     /// First use: go ahead.

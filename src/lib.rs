@@ -34,6 +34,8 @@ pub mod legacy;
 pub mod llm;
 /// Letters to users (password reset, email verification) over SMTP.
 pub mod mail;
+/// The OpenAPI document: its header, security schemes and the responses every operation shares.
+pub mod openapi;
 /// Top-ups through the four payment providers, credited exactly once.
 pub mod payments;
 /// Extractors shared by all routes.

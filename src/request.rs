@@ -22,6 +22,30 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 /// preflight) can never post to the API.
 pub struct AppJson<T>(pub T);
 
+/// Query parameters deserialised like axum's `Query`, but a string that does not fit (a repeated
+/// or mistyped parameter) is a `422 validation_error` at `query`, as every other bad input.
+pub struct AppQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for AppQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        serde_urlencoded::from_str(parts.uri.query().unwrap_or(""))
+            .map(AppQuery)
+            .map_err(|e| {
+                ApiError::validation(vec![FieldError {
+                    loc: vec!["query".into()],
+                    msg: e.to_string(),
+                    kind: "value_error".into(),
+                }])
+            })
+    }
+}
+
 /// True for `application/json`, with or without parameters such as `charset`.
 fn is_json(req: &Request) -> bool {
     req.headers()
@@ -65,7 +89,7 @@ where
     }
 }
 
-/// Parses a JSON body into `T`, reporting failures as `422` entries located in the body.
+/// Parses a JSON object body into `T`, reporting failures as `422` entries located in the body.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::validation(vec![FieldError {
@@ -81,6 +105,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             kind: "json_invalid".into(),
         }])
     })?;
+    // serde would also fill a struct from an array of its fields in order; a body is an object.
+    if !value.is_object() {
+        return Err(ApiError::validation(vec![FieldError {
+            loc: vec!["body".into()],
+            msg: "Input should be a valid dictionary or object to extract fields from".into(),
+            kind: "model_attributes_type".into(),
+        }]));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let mut loc: Vec<Value> = vec!["body".into()];
         for segment in e.path().iter() {
@@ -208,6 +240,9 @@ mod tests {
         let e = parse_json::<Body>(br#"{"email":"a","age":"x"}"#).unwrap_err();
         let _ = loc(e);
         assert!(parse_json::<Body>(br#"{"email":"a","age":3}"#).is_ok());
+        // serde alone would take the fields from an array, in order.
+        let e = parse_json::<Body>(br#"["a",3]"#).unwrap_err();
+        let _ = loc(e);
     }
 
     #[test]
@@ -293,6 +328,45 @@ impl Pagination {
     }
 }
 
+const LIMIT_DEFAULT: i64 = 20;
+const LIMIT_MAX: i64 = 100;
+
+/// The two query parameters with their bounds, so the document says what the server accepts.
+impl utoipa::IntoParams for Pagination {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{Required, schema::KnownFormat, schema::SchemaFormat};
+        let integer = |min: i64, max: i64, default: i64| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(min))
+                .maximum(Some(max))
+                .default(Some(default.into()))
+        };
+        let parameter = |name: &str, description: &str, schema: ObjectBuilder| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(description))
+                .schema(Some(schema))
+                .build()
+        };
+        vec![
+            parameter(
+                "limit",
+                "Items per page",
+                integer(1, LIMIT_MAX, LIMIT_DEFAULT),
+            ),
+            parameter("offset", "Items to skip", integer(0, OFFSET_MAX, 0)),
+        ]
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Pagination {
     type Rejection = ApiError;
 
@@ -325,7 +399,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Pagination {
                 }
             },
         };
-        let limit = number("limit", 20, 1, 100);
+        let limit = number("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
         let offset = number("offset", 0, 0, OFFSET_MAX);
         if errors.is_empty() {
             Ok(Pagination { limit, offset })

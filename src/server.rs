@@ -15,7 +15,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
@@ -25,56 +24,14 @@ use crate::error::{self, ApiError};
 use crate::jobs::{self, ws};
 use crate::request::BODY_LIMIT;
 use crate::request::ClientIp;
-use crate::{auth, db, gallery, generation, legacy, payments, tools, users};
+use crate::{auth, db, gallery, generation, legacy, openapi, payments, tools, users};
 
 /// Where the OpenAPI document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Easy Writer", description = "Self-hosted backend for an AI writing assistant."),
-    modifiers(&BearerAuth),
-    tags(
-        (name = "auth", description = "Accounts and sign-in"),
-        (name = "tools", description = "Tabs, tools and execution"),
-        (name = "generation", description = "Generation history"),
-        (name = "images", description = "Pictures: generate, upscale, list, files"),
-        (name = "wordpress", description = "The WordPress plugin API (X-Access-Password)"),
-        (name = "user", description = "Profile, balance, transactions, password"),
-        (name = "system", description = "Health and metrics"),
-    )
-)]
-struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{
-            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
-        };
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-        components.add_security_scheme(
-            "access_password",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Access-Password"))),
-        );
-    }
-}
-
 /// The routes and their OpenAPI document, built from the same handler annotations.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let mut doc = ApiDoc::openapi();
-    doc.info.version = env!("CARGO_PKG_VERSION").into();
-    OpenApiRouter::with_openapi(doc)
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(health))
         .routes(routes!(metrics))
         .nest(
@@ -87,7 +44,9 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
                 .merge(legacy::routes::router())
                 .merge(payments::routes::router()),
         )
-        .split_for_parts()
+        .split_for_parts();
+    openapi::complete(&mut doc);
+    (router, doc)
 }
 
 /// The OpenAPI document, as served at [`OPENAPI_PATH`].
@@ -97,7 +56,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = api();
+    let (api, mut doc) = api();
+    openapi::configure(&mut doc, &state.config);
     let cors = CorsLayer::new()
         // A list, not `exact`: an origin that does not match gets no CORS headers at all.
         .allow_origin(AllowOrigin::list([HeaderValue::from_str(

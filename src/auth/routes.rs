@@ -37,17 +37,22 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
     /// At most 255 characters; unique regardless of case.
+    #[schema(format = Email, max_length = 255)]
     pub email: String,
     /// At least 8 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
     /// At most 100 characters.
     #[serde(default)]
+    #[schema(max_length = 100)]
     pub name: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
+    #[schema(max_length = 255)]
     pub email: String,
+    #[schema(max_length = 1024)]
     pub password: String,
 }
 

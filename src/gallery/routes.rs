@@ -2,7 +2,7 @@
 //! list, get, the file itself (signed link or Bearer token), upscale (paid), delete.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use crate::auth::extract::{CurrentUser, authenticate};
 use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::idempotency::{self, Opened, Paid, Refusal};
 use crate::images;
-use crate::request::{AppJson, Page, Pagination};
+use crate::request::{AppJson, AppQuery, Page, Pagination};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -38,15 +38,27 @@ const STYLES: &[&str] = &["DEFAULT", "ANIME", "UHD", "KANDINSKY"];
 #[derive(Deserialize, ToSchema)]
 pub struct GenerateRequest {
     /// What to draw, 1–1000 characters.
+    #[schema(min_length = 1, max_length = 1000, pattern = r"\S")]
     prompt: String,
     /// `web` (1024×1024), `banner` (2048×1024), `print` (2048×2048) or `messenger` (512×512).
+    #[schema(schema_with = formats)]
     format: String,
     /// `DEFAULT`, `ANIME`, `UHD` or `KANDINSKY`.
     #[serde(default)]
+    #[schema(schema_with = styles)]
     style: Option<String>,
     /// What the picture must not show, at most 1000 characters.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     negative_prompt: Option<String>,
+}
+
+fn formats() -> utoipa::openapi::Object {
+    crate::openapi::one_of(crate::images::Format::ALL.map(crate::images::Format::as_str))
+}
+
+fn styles() -> utoipa::openapi::Object {
+    crate::openapi::or_null(crate::openapi::one_of(STYLES.iter().copied()))
 }
 
 /// The price of `key` (a format, a scale) in an image tool's price list.
@@ -77,7 +89,7 @@ fn optional_text(value: Option<String>) -> Option<String> {
 
 /// Draws a picture: debited now, drawn as a job; follow it on `ws_url`.
 #[utoipa::path(post, path = "/images/generate", tag = "images", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
+    params(crate::idempotency::KeyHeader),
     request_body = GenerateRequest,
     responses(
         (status = 202, description = "Paid and queued; status `processing`", body = Image),
@@ -194,7 +206,7 @@ pub struct ImageList {
 
 /// The caller's images, newest first.
 #[utoipa::path(get, path = "/images", tag = "images", security(("bearer" = [])),
-    params(("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)),
+    params(crate::request::Pagination),
     responses((status = 200, body = ImageList), (status = 422, body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
@@ -281,19 +293,29 @@ async fn delete_image(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FileQuery {
+    /// `original` (default: the delivered picture) or `upscaled`.
+    #[param(schema_with = variants)]
     variant: Option<String>,
+    /// From a signed link.
     expires: Option<u64>,
+    /// From a signed link.
     sig: Option<String>,
+}
+
+fn variants() -> utoipa::openapi::Object {
+    crate::openapi::one_of([Variant::Original, Variant::Upscaled].map(Variant::as_str))
+}
+
+fn scales() -> utoipa::openapi::Object {
+    crate::openapi::one_of([2, 4])
 }
 
 /// The picture itself: with a signed link (as in `url`) or the owner's Bearer token.
 #[utoipa::path(get, path = "/images/{id}/file", tag = "images",
-    params(("id" = String, Path),
-           ("variant" = Option<String>, Query, description = "`original` (default: the delivered picture) or `upscaled`"),
-           ("expires" = Option<u64>, Query, description = "from a signed link"),
-           ("sig" = Option<String>, Query, description = "from a signed link")),
+    params(("id" = String, Path), FileQuery),
     responses(
         (status = 200, description = "PNG bytes", content_type = "image/png"),
         (status = 401, description = "no valid signature and no token", body = ErrorBody),
@@ -302,7 +324,7 @@ struct FileQuery {
 async fn file(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<FileQuery>,
+    AppQuery(query): AppQuery<FileQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let variant = match query.variant.as_deref() {
@@ -380,13 +402,14 @@ async fn file(
 #[derive(Deserialize, ToSchema)]
 pub struct UpscaleRequest {
     /// 2 or 4.
+    #[schema(schema_with = scales)]
     scale: u32,
 }
 
 /// Upscales a completed picture 2× or 4× as a paid job; the result is `upscaled_url`.
 #[utoipa::path(post, path = "/images/{id}/upscale", tag = "images", security(("bearer" = [])),
     params(("id" = String, Path),
-           ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
+           crate::idempotency::KeyHeader),
     request_body = UpscaleRequest,
     responses(
         (status = 202, description = "Paid and queued; status `processing`", body = Image),

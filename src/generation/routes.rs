@@ -1,7 +1,7 @@
 //! `/generation/sessions`: a user's generation history.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -12,7 +12,7 @@ use crate::app::AppState;
 use crate::auth::extract::CurrentUser;
 use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::gallery;
-use crate::request::{Page, Pagination};
+use crate::request::{AppQuery, Page, Pagination};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -26,24 +26,31 @@ pub struct SessionList {
     pagination: Page,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FilterQuery {
+    /// Only this tool's sessions.
     tool_id: Option<String>,
+    /// Only sessions in this state.
+    #[param(schema_with = statuses)]
     status: Option<String>,
+}
+
+fn statuses() -> utoipa::openapi::Object {
+    crate::openapi::one_of(STATUSES.iter().copied())
 }
 
 const STATUSES: &[&str] = &["pending", "in_progress", "completed", "failed"];
 
 /// The caller's sessions, newest first.
 #[utoipa::path(get, path = "/generation/sessions", tag = "generation", security(("bearer" = [])),
-    params(("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query),
-           ("tool_id" = Option<String>, Query), ("status" = Option<String>, Query)),
+    params(crate::request::Pagination, FilterQuery),
     responses((status = 200, body = SessionList), (status = 422, body = ErrorBody)))]
 async fn list_sessions(
     State(state): State<AppState>,
     current: CurrentUser,
     page: Pagination,
-    Query(query): Query<FilterQuery>,
+    AppQuery(query): AppQuery<FilterQuery>,
 ) -> Result<Json<SessionList>, ApiError> {
     if let Some(status) = &query.status
         && !STATUSES.contains(&status.as_str())

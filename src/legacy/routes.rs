@@ -3,7 +3,7 @@
 //! `POST /article/{id}/published` and `GET /statistics`.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,7 +15,7 @@ use super::{Article, Length, SiteAuth, TOOL};
 use crate::app::AppState;
 use crate::billing;
 use crate::error::{ApiError, ErrorBody, FieldError};
-use crate::request::{AppJson, Page, Pagination};
+use crate::request::{AppJson, AppQuery, Page, Pagination};
 use crate::tools::catalogue::Mode;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -269,10 +269,18 @@ async fn get_article(
     Ok(Json(row.article))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this batch.
     session_id: Option<String>,
+    /// Only articles in this state.
+    #[param(schema_with = statuses)]
     status: Option<String>,
+}
+
+fn statuses() -> utoipa::openapi::Object {
+    crate::openapi::one_of(STATUSES.iter().copied())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -284,8 +292,7 @@ pub struct ArticleList {
 /// The calling site's articles, newest first, optionally one batch or one status.
 #[utoipa::path(get, path = "/article", tag = "wordpress",
     security(("access_password" = [])),
-    params(("session_id" = Option<String>, Query), ("status" = Option<String>, Query),
-           ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)),
+    params(ListQuery, crate::request::Pagination),
     responses(
         (status = 200, body = ArticleList),
         (status = 401, description = "`invalid_password`", body = ErrorBody),
@@ -296,7 +303,7 @@ async fn list_articles(
     State(state): State<AppState>,
     SiteAuth(site): SiteAuth,
     page: Pagination,
-    Query(query): Query<ListQuery>,
+    AppQuery(query): AppQuery<ListQuery>,
 ) -> Result<Json<ArticleList>, ApiError> {
     if let Some(status) = &query.status
         && !STATUSES.contains(&status.as_str())

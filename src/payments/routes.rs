@@ -64,10 +64,17 @@ async fn methods(State(state): State<AppState>) -> Json<MethodList> {
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateRequest {
-    /// Whole roubles within the configured limits.
-    amount_rub: i64,
+    /// Whole roubles within the configured limits (`/payments/methods` says them); `500.0`
+    /// is 500, as JSON Schema counts it an integer.
+    #[schema(value_type = i64, minimum = 1)]
+    amount_rub: serde_json::Number,
     /// A provider slug from `/payments/methods` that is enabled.
+    #[schema(schema_with = providers)]
     provider: String,
+}
+
+fn providers() -> utoipa::openapi::Object {
+    crate::openapi::one_of(Slug::ALL.map(Slug::as_str))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -98,7 +105,7 @@ fn unavailable() -> ApiError {
 
 /// Starts a top-up: opens the payment at the provider and answers where to send the payer.
 #[utoipa::path(post, path = "/payments/create", tag = "payments", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
+    params(crate::idempotency::KeyHeader),
     request_body = CreateRequest,
     responses(
         (status = 201, body = Created),
@@ -114,7 +121,14 @@ async fn create(
     AppJson(body): AppJson<CreateRequest>,
 ) -> Result<Response, ApiError> {
     let payments = state.payments.clone();
-    if !(payments.min_rub..=payments.max_rub).contains(&body.amount_rub) {
+    let whole = body.amount_rub.as_i64().or_else(|| {
+        body.amount_rub
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+            .map(|f| f as i64)
+    });
+    let Some(amount_rub) = whole.filter(|a| (payments.min_rub..=payments.max_rub).contains(a))
+    else {
         return Err(ApiError::validation(vec![FieldError::body(
             "amount_rub",
             format!(
@@ -123,7 +137,7 @@ async fn create(
             ),
             "value_error",
         )]));
-    }
+    };
     let key = idempotency::key_from(&headers)?;
     let Some(slug) = Slug::parse(body.provider.trim()).filter(|s| payments.gateway(*s).is_some())
     else {
@@ -133,7 +147,6 @@ async fn create(
             "This payment provider is not available on this server",
         ));
     };
-    let amount_rub = body.amount_rub;
     let amount_raits = amount_rub
         .checked_mul(payments.raits_per_rub)
         .ok_or_else(|| ApiError::internal(&"amount overflow"))?;
@@ -321,6 +334,7 @@ async fn owned(state: &AppState, id: &str, user_id: &str) -> Result<Payment, Api
         (status = 400, description = "`invalid_notification`: not this provider's format", body = ErrorBody),
         (status = 401, description = "`invalid_notification`: forged, mismatched or unknown payment; nothing changed", body = ErrorBody),
         (status = 404, description = "no such provider on this server", body = ErrorBody),
+        (status = 503, description = "`payment_provider_unavailable`: YooKassa's API did not answer the re-fetch; YooKassa retries", body = ErrorBody),
     ))]
 async fn webhook_post(
     State(state): State<AppState>,
@@ -342,6 +356,7 @@ async fn webhook_post(
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 405, description = "`method_not_allowed`: this provider notifies by POST only", body = ErrorBody),
     ))]
 async fn webhook_get(
     State(state): State<AppState>,

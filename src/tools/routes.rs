@@ -169,14 +169,19 @@ pub struct ExecuteRequest {
     input: Value,
     /// `quick` or `standard`; default: quick when the tool offers it, else its first mode.
     #[serde(default)]
+    #[schema(schema_with = modes)]
     mode: Option<String>,
+}
+
+fn modes() -> utoipa::openapi::Object {
+    crate::openapi::or_null(crate::openapi::one_of(["quick", "standard"]))
 }
 
 /// Runs a tool. Quick mode answers the finished session; standard mode queues a job and
 /// answers `202` with the WebSocket to watch it on.
 #[utoipa::path(post, path = "/tools/{id}/execute", tag = "tools", security(("bearer" = [])),
     params(("id" = String, Path, description = "tool id"),
-           ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
+           crate::idempotency::KeyHeader),
     request_body = ExecuteRequest,
     responses(
         (status = 200, description = "Quick run finished", body = Session),

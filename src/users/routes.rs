@@ -54,6 +54,7 @@ async fn get_profile(current: CurrentUser) -> Json<Profile> {
 #[derive(Deserialize, ToSchema)]
 pub struct ProfileUpdate {
     /// At most 100 characters; empty clears it.
+    #[schema(max_length = 100)]
     name: Option<String>,
 }
 
@@ -122,7 +123,7 @@ pub struct TransactionList {
 
 /// The caller's ledger, newest first.
 #[utoipa::path(get, path = "/user/transactions", tag = "user", security(("bearer" = [])),
-    params(("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)),
+    params(crate::request::Pagination),
     responses((status = 200, body = TransactionList), (status = 422, body = ErrorBody)))]
 async fn list_transactions(
     State(state): State<AppState>,
@@ -143,8 +144,10 @@ async fn list_transactions(
 
 #[derive(Deserialize, ToSchema)]
 pub struct PasswordChange {
+    #[schema(max_length = 1024)]
     current_password: String,
     /// At least 8 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     new_password: String,
 }
 

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{builder, expect_error, spawn_app};
+use crate::helpers::{builder, email, expect_error, spawn_app};
 
 #[tokio::test]
 async fn health_touches_the_database() {
@@ -216,4 +216,72 @@ async fn fake_upstreams_are_reachable_and_wired_into_the_configuration() {
         .await
         .unwrap();
     assert_eq!(text, "pong");
+}
+
+/// The answers every operation can get from the shared extractors are in the document, so a
+/// generated client or a fuzzer (scripts/fuzz-api.sh) meets no status it does not name.
+#[tokio::test]
+async fn every_operation_documents_the_shared_answers() {
+    let doc = serde_json::to_value(easy_writer::server::openapi()).unwrap();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            let named = |status: &str| responses.contains_key(status);
+            let schemes: Vec<&str> = operation["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r.as_object().unwrap().keys().map(String::as_str))
+                .collect();
+            if schemes.contains(&"bearer") {
+                assert!(named("401") && named("403"), "{method} {path}: 401/403");
+            }
+            if schemes.contains(&"access_password") {
+                assert!(named("401") && named("429"), "{method} {path}: 401/429");
+            }
+            let body = &operation["requestBody"]["content"];
+            if body.get("application/json").is_some() {
+                assert!(named("415") && named("422"), "{method} {path}: 415/422");
+            }
+            if operation["parameters"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+            {
+                assert!(named("422") || named("404"), "{method} {path}: 422");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "only {checked} operations");
+    let detail = &doc["components"]["schemas"]["ErrorBody"]["properties"]["detail"];
+    let kinds: Vec<&Value> = detail["oneOf"].as_array().unwrap().iter().collect();
+    assert_eq!(kinds[0]["type"], "string");
+    assert_eq!(kinds[1]["type"], "array");
+    let limit = doc["paths"]["/api/v1/user/transactions"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(
+        (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+        (&json!(1), &json!(100))
+    );
+}
+
+/// A repeated or mistyped query parameter is a validation error like any other.
+#[tokio::test]
+async fn a_query_string_that_does_not_fit_is_422() {
+    let app = spawn_app().await;
+    let user = app.register(&email("query")).await;
+    for path in [
+        "/api/v1/images/01a21dde-d83b-72e4-aff3-2dde07ea8a1a/file?variant=original&variant=upscaled",
+        "/api/v1/generation/sessions?status=done&status=failed",
+        "/api/v1/images/01a21dde-d83b-72e4-aff3-2dde07ea8a1a/file?expires=soon",
+    ] {
+        let response = app.get_authed(path, &user.access_token).await;
+        let body = expect_error(response, 422, "validation_error").await;
+        assert_eq!(body["detail"][0]["loc"][0], "query", "{path}");
+    }
 }

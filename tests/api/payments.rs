@@ -178,6 +178,25 @@ async fn methods_say_what_this_server_can_take() {
     );
 }
 
+/// JSON Schema counts `500.0` an integer, so a client generated from the document may send it.
+#[tokio::test]
+async fn a_whole_amount_written_with_a_fraction_part_is_taken() {
+    let shop = shop().await;
+    let app = &shop.app;
+    let user = app.register(&email("pay-float")).await;
+    let response = app
+        .client
+        .post(app.url("/api/v1/payments/create"))
+        .bearer_auth(&user.access_token)
+        .json(&json!({"amount_rub": 500.0, "provider": "tbank"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["amount_rub"], 500);
+}
+
 #[tokio::test]
 async fn create_refuses_what_it_cannot_take_and_records_nothing() {
     let app = builder()
@@ -211,6 +230,20 @@ async fn create_refuses_what_it_cannot_take_and_records_nothing() {
         .await
         .unwrap();
     expect_error(fractional, 422, "validation_error").await;
+    for body in [
+        json!({"amount_rub": "500", "provider": "tbank"}),
+        json!([500, "tbank"]),
+    ] {
+        let refused = app
+            .client
+            .post(app.url("/api/v1/payments/create"))
+            .bearer_auth(&user.access_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(refused, 422, "validation_error").await;
+    }
     let form = app
         .client
         .post(app.url("/api/v1/payments/create"))

@@ -29,7 +29,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Deserialize, ToSchema)]
 pub struct ForgotRequest {
-    /// At most 255 characters.
+    /// At most 255 characters. Whatever it is, the answer is the same `202`.
+    #[schema(max_length = 255)]
     pub email: String,
 }
 
@@ -38,6 +39,7 @@ pub struct ResetRequest {
     /// The token from the letter's link.
     pub token: String,
     /// At least 8 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     pub new_password: String,
 }
 
