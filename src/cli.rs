@@ -74,6 +74,14 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         from: PathBuf,
     },
+    /// Ask the running server's `/health` (exit 0 when it answers 200): the container
+    /// healthcheck of an image that has no shell or curl.
+    Health {
+        /// Address of the server (default: the configured bind address; an unspecified host
+        /// such as 0.0.0.0 means this machine).
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,6 +283,7 @@ async fn run(command: Command, loaded: config::Loaded) -> Outcome {
         Command::Tools(ToolsCommand::Check) => check_tools(&loaded.config),
         Command::Backup { to } => backup(&loaded.config, &to),
         Command::Restore { from } => restore(&loaded.config, &from),
+        Command::Health { addr } => health(&loaded.config, addr.as_deref()).await,
     }
 }
 
@@ -766,6 +775,37 @@ fn backup(config: &Config, to: &std::path::Path) -> Outcome {
     db::backup::backup(&config.server.database_path(), to)?;
     println!("backup written to {}", to.display());
     Ok(())
+}
+
+async fn health(config: &Config, addr: Option<&str>) -> Outcome {
+    let addr = addr.unwrap_or(&config.server.bind);
+    let mut addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| Failure::Usage(format!("not an address: {addr}")))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(4))
+        .no_proxy()
+        .build()
+        .context("HTTP client")?;
+    let response = client
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .with_context(|| format!("no answer from {addr}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    println!("{body}");
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(anyhow!("{addr} answered {status}").into())
+    }
 }
 
 fn restore(config: &Config, from: &std::path::Path) -> Outcome {

@@ -533,6 +533,22 @@ fn serve_starts_answers_health_and_stops_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(healthy, "no /health 200");
+    // The container healthcheck: the configured bind address, 0.0.0.0 meaning this machine.
+    let bind = format!("0.0.0.0:{port}");
+    let health = run_with(
+        dir.path(),
+        &["health"],
+        &[("EASY_WRITER_BIND", &bind)],
+        None,
+    );
+    assert_eq!(health.status.code(), Some(0), "{}", stderr(&health));
+    assert!(
+        stdout(&health).contains(r#""database":"ok""#),
+        "{}",
+        stdout(&health)
+    );
+    let usage = run(dir.path(), &["health", "--addr", "nonsense"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
     let mode = std::fs::metadata(dir.path().join("jwt_secret")).unwrap();
     #[cfg(unix)]
     {
@@ -544,6 +560,10 @@ fn serve_starts_answers_health_and_stops_on_sigterm() {
         .status();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+    let addr = format!("127.0.0.1:{port}");
+    let down = run(dir.path(), &["health", "--addr", &addr]);
+    assert_eq!(down.status.code(), Some(1), "a stopped server is unhealthy");
+    assert!(stderr(&down).contains("no answer"), "{}", stderr(&down));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
