@@ -404,6 +404,16 @@ impl ServerProcess {
     }
 }
 
+/// A test that fails (or forgets) before `stop` or `kill` leaves no server running behind it.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Registers a new user on the server at `addr`; its access token.
 pub async fn register_at(addr: SocketAddr) -> String {
     let registered: Value = reqwest::Client::new()
