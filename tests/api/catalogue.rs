@@ -215,9 +215,8 @@ fn a_prompts_directory_may_add_tools_and_broken_files_are_named() {
     // The CLI prints the same lines and exits 1.
     let config = dir.path().join("empty.toml");
     std::fs::write(&config, "").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+    let out = crate::helpers::binary()
         .args(["tools", "check"])
-        .env_clear()
         .env("EASY_WRITER_PROMPTS_DIR", dir.path())
         .env("EASY_WRITER_CONFIG", &config)
         .output()
@@ -290,9 +289,8 @@ fn serve_refuses_to_start_on_a_broken_prompts_directory() {
     write(dir.path(), "everyday/spell_check.yaml", "name: [broken");
     let config = dir.path().join("empty.toml");
     std::fs::write(&config, "").unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+    let mut child = crate::helpers::binary()
         .args(["serve", "--bind", "127.0.0.1:0"])
-        .env_clear()
         .env("EASY_WRITER_PROMPTS_DIR", dir.path())
         .env("EASY_WRITER_DATA_DIR", dir.path().join("data"))
         .env("EASY_WRITER_CONFIG", &config)

@@ -18,10 +18,9 @@ fn run_with(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>
     if !config.exists() {
         std::fs::write(&config, "").unwrap();
     }
-    let mut command = Command::new(env!("CARGO_BIN_EXE_easy-writer"));
+    let mut command = crate::helpers::binary();
     command
         .args(args)
-        .env_clear()
         .env("EASY_WRITER_DATA_DIR", dir)
         .env("EASY_WRITER_CONFIG", &config)
         .envs(env.iter().copied())
@@ -508,9 +507,8 @@ fn serve_starts_answers_health_and_stops_on_sigterm() {
     };
     let config = dir.path().join("cli-config.toml");
     std::fs::write(&config, "").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+    let mut child = crate::helpers::binary()
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env_clear()
         .env("EASY_WRITER_DATA_DIR", dir.path())
         .env("EASY_WRITER_CONFIG", &config)
         .stdout(Stdio::null())

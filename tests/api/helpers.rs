@@ -337,6 +337,17 @@ impl TestApp {
     }
 }
 
+/// The built `easy-writer` with an empty environment, as an operator's clean shell would run it,
+/// but for `LLVM_PROFILE_FILE`: under scripts/coverage.sh the child's lines count too.
+pub fn binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_easy-writer"));
+    command.env_clear();
+    if let Some(profile) = std::env::var_os("LLVM_PROFILE_FILE") {
+        command.env("LLVM_PROFILE_FILE", profile);
+    }
+    command
+}
+
 /// The real binary serving a data directory on a free loopback port, for tests that kill it
 /// (`kill -9`) or stop it with SIGTERM and start it again on the same data.
 pub struct ServerProcess {
@@ -358,9 +369,8 @@ impl ServerProcess {
     pub async fn start_on(addr: SocketAddr, dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
         let config = dir.join("process-config.toml");
         std::fs::write(&config, "").expect("write config");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+        let child = crate::helpers::binary()
             .args(["serve", "--bind", &addr.to_string()])
-            .env_clear()
             .env("EASY_WRITER_DATA_DIR", dir)
             .env("EASY_WRITER_CONFIG", &config)
             .envs(env.iter().copied())

@@ -584,9 +584,8 @@ async fn providers_check_calls_the_image_providers_too() {
     std::fs::write(&config, "").unwrap();
     let uri = fusionbrain.uri();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+        crate::helpers::binary()
             .args(["providers", "check"])
-            .env_clear()
             .env("EASY_WRITER_CONFIG", &config)
             .env("EASY_WRITER_DATA_DIR", dir.path())
             .env("FUSIONBRAIN_BASE_URL", uri)

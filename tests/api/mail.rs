@@ -928,9 +928,8 @@ async fn tokens_links_and_the_smtp_password_stay_out_of_the_logs() {
         .unwrap()
         .port();
     let smtp_password = "smtp-password-n0t-for-logs";
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+    let mut child = crate::helpers::binary()
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env_clear()
         .env("EASY_WRITER_DATA_DIR", dir.path())
         .env("EASY_WRITER_CONFIG", &config)
         .env("RUST_LOG", "debug")

@@ -1217,9 +1217,8 @@ impl Binary {
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+        let child = crate::helpers::binary()
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-            .env_clear()
             .env("EASY_WRITER_DATA_DIR", dir.path())
             .env("EASY_WRITER_CONFIG", &config)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

@@ -20,9 +20,8 @@ fn run(dir: &Path, args: &[&str]) -> Output {
     if !config.exists() {
         std::fs::write(&config, "").unwrap();
     }
-    Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+    crate::helpers::binary()
         .args(args)
-        .env_clear()
         .env("EASY_WRITER_DATA_DIR", dir)
         .env("EASY_WRITER_CONFIG", &config)
         .stdin(Stdio::null())
@@ -314,9 +313,8 @@ impl Server {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+        let child = crate::helpers::binary()
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-            .env_clear()
             .env("EASY_WRITER_DATA_DIR", dir)
             .env("EASY_WRITER_CONFIG", dir.join("cli-config.toml"))
             .stdout(Stdio::null())

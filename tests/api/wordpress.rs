@@ -4,7 +4,7 @@
 //! under test, by the library's store on the test server's database.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -660,9 +660,8 @@ fn run(dir: &Path, args: &[&str]) -> Output {
     if !config.exists() {
         std::fs::write(&config, "").unwrap();
     }
-    Command::new(env!("CARGO_BIN_EXE_easy-writer"))
+    crate::helpers::binary()
         .args(args)
-        .env_clear()
         .env("EASY_WRITER_DATA_DIR", dir)
         .env("EASY_WRITER_CONFIG", &config)
         .stdin(Stdio::null())
