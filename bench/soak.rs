@@ -31,6 +31,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "tbank_notice.rs"]
+mod tbank_notice;
+
 const TERMINAL: &str = "1700000000000SOAK";
 const TBANK_PASSWORD: &str = "SoakPassword_123";
 const PASSWORD: &str = "soak password 123";
@@ -923,7 +926,13 @@ impl Ctx {
                 .error("payment_create", format!("no T-Bank id: {created}"));
             return;
         };
-        let notice = notification(&payment_id, tbank_id, amount_rub * 100);
+        let notice = tbank_notice::confirmed(
+            TERMINAL,
+            TBANK_PASSWORD,
+            &payment_id,
+            tbank_id,
+            amount_rub * 100,
+        );
         let deliver = || async {
             let request = self
                 .http
@@ -1018,21 +1027,6 @@ where
     let _ = ws.close(None).await;
     let _ = ws.flush().await;
     code
-}
-
-/// A T-Bank notification signed with the terminal password, as T-Bank sends it.
-fn notification(order_id: &str, payment_id: u64, amount_kopecks: i64) -> Value {
-    let mut body = json!({
-        "TerminalKey": TERMINAL, "OrderId": order_id, "Success": true, "Status": "CONFIRMED",
-        "PaymentId": payment_id, "ErrorCode": "0", "Amount": amount_kopecks,
-        "CardId": 123456789, "Pan": "430000******0777", "ExpDate": "1230",
-    });
-    let token = match &body {
-        Value::Object(fields) => easy_writer::payments::tbank::token(fields, TBANK_PASSWORD),
-        _ => String::new(),
-    };
-    body["Token"] = token.into();
-    body
 }
 
 // ---------------------------------------------------------------------------------------------

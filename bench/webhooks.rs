@@ -17,6 +17,9 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 use easy_writer::app::AppState;
 use easy_writer::config::{Config, Flags};
 
+#[path = "tbank_notice.rs"]
+mod tbank_notice;
+
 const TERMINAL: &str = "1700000000000DEMO";
 const PASSWORD: &str = "TestPassword_123";
 const USERS: usize = 10;
@@ -112,7 +115,13 @@ async fn main() -> anyhow::Result<()> {
                     .to_owned();
                 let payment_url = created["payment_url"].as_str().unwrap_or_default();
                 let tb_id: u64 = payment_url.rsplit('/').next().unwrap_or("0").parse()?;
-                notices.push(notification(&payment_id, tb_id, amount * 100));
+                notices.push(tbank_notice::confirmed(
+                    TERMINAL,
+                    PASSWORD,
+                    &payment_id,
+                    tb_id,
+                    amount * 100,
+                ));
             }
         }
         // Every notification 4 times, in an order that mixes them.
@@ -183,20 +192,6 @@ async fn register(http: &reqwest::Client, base: &str, email: &str) -> anyhow::Re
         .json()
         .await?;
     Ok(body["access_token"].as_str().unwrap_or_default().to_owned())
-}
-
-fn notification(order_id: &str, payment_id: u64, amount_kopecks: i64) -> Value {
-    let mut body = json!({
-        "TerminalKey": TERMINAL, "OrderId": order_id, "Success": true, "Status": "CONFIRMED",
-        "PaymentId": payment_id, "ErrorCode": "0", "Amount": amount_kopecks,
-        "CardId": 123456789, "Pan": "430000******0777", "ExpDate": "1230",
-    });
-    let token = match &body {
-        Value::Object(fields) => easy_writer::payments::tbank::token(fields, PASSWORD),
-        _ => String::new(),
-    };
-    body["Token"] = token.into();
-    body
 }
 
 /// This round's topup rows, and whether every user's balance equals their ledger sum.
