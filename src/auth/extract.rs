@@ -1,5 +1,6 @@
-//! Extractors that authenticate a request: [`CurrentUser`] (a valid access token of an active
-//! user whose session is live) and [`AdminUser`].
+//! The extractor that authenticates a request: [`CurrentUser`], a valid access token of an active
+//! user whose session is live. (Admin rights are checked where they matter: `/metrics`, and the
+//! admin UI's own session.)
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header;
@@ -16,10 +17,6 @@ pub struct CurrentUser {
     pub user: User,
     pub session_id: String,
 }
-
-/// A signed-in user with `is_admin`.
-#[derive(Debug, Clone)]
-pub struct AdminUser(pub CurrentUser);
 
 /// The bearer token of a request, if any.
 pub fn bearer(parts: &Parts) -> Option<&str> {
@@ -71,21 +68,5 @@ where
         let state = AppState::from_ref(state);
         let token = bearer(parts).ok_or(Error::NotAuthenticated)?;
         authenticate(&state.auth, &state.db, token).await
-    }
-}
-
-impl<S> FromRequestParts<S> for AdminUser
-where
-    S: Send + Sync,
-    AppState: FromRef<S>,
-{
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
-        let current = CurrentUser::from_request_parts(parts, state).await?;
-        if !current.user.is_admin {
-            return Err(Error::Forbidden);
-        }
-        Ok(AdminUser(current))
     }
 }

@@ -914,6 +914,13 @@ async fn a_provider_that_is_down_or_talks_nonsense_fails_the_payment_cleanly() {
         "payment_provider_unavailable",
     )
     .await;
+    // An answer beyond any real one (here 2 MiB of a valid-looking JSON string) is not read
+    // to its end, let alone parsed.
+    let huge = format!(r#"{{"Success":true,"Message":"{}"}}"#, "x".repeat(2 << 20));
+    shop.tbank.lock().unwrap().broken = Some((200, huge));
+    let refused = create(app, &user, "tbank", 100, None).await;
+    let body = expect_error(refused, 503, "payment_provider_unavailable").await;
+    assert!(body.to_string().len() < 1000, "the answer is not echoed");
 
     let conn = rusqlite::Connection::open(app.database_path()).unwrap();
     let statuses: Vec<String> = conn
@@ -923,7 +930,15 @@ async fn a_provider_that_is_down_or_talks_nonsense_fails_the_payment_cleanly() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(statuses, ["failed", "failed", "failed"]);
+    assert_eq!(statuses, ["failed", "failed", "failed", "failed"]);
+    let last_error: String = conn
+        .query_row(
+            "select error from payments order by number desc limit 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(last_error.contains("too large"), "{last_error}");
     let after = balance(app, &user).await;
     assert_eq!(
         (after["balance"].clone(), after["pending_payments"].clone()),
