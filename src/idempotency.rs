@@ -275,11 +275,53 @@ pub fn key_from(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         return Ok(None);
     };
     match value.to_str().map(str::trim) {
-        Ok(key) if !key.is_empty() && key.len() <= KEY_MAX => Ok(Some(key.to_owned())),
+        // Visible ASCII and inner spaces, as documented by [`KeyHeader`] (a header may also
+        // carry tabs and bytes beyond ASCII).
+        Ok(key)
+            if !key.is_empty()
+                && key.len() <= KEY_MAX
+                && key.bytes().all(|b| (b' '..=b'~').contains(&b)) =>
+        {
+            Ok(Some(key.to_owned()))
+        }
         _ => Err(ApiError::validation(vec![FieldError {
             loc: vec!["header".into(), "Idempotency-Key".into()],
             msg: format!("must be 1–{KEY_MAX} visible ASCII characters"),
             kind: "value_error".into(),
         }])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(value: &[u8]) -> Result<Option<String>, ()> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "idempotency-key",
+            axum::http::HeaderValue::from_bytes(value).unwrap(),
+        );
+        key_from(&headers).map_err(|_| ())
+    }
+
+    #[test]
+    fn a_key_is_what_the_document_says() {
+        assert_eq!(key(b"order 42-a").unwrap().as_deref(), Some("order 42-a"));
+        assert_eq!(key(b" padded ").unwrap().as_deref(), Some("padded"));
+        assert_eq!(
+            key(&[b'k'; KEY_MAX]).unwrap().map(|k| k.len()),
+            Some(KEY_MAX)
+        );
+        for refused in [
+            &b""[..],
+            b"   ",
+            b"tab\there",
+            "ключ".as_bytes(),
+            &[b'k'; KEY_MAX + 1],
+        ] {
+            assert!(key(refused).is_err(), "{refused:?}");
+        }
+        assert_eq!(key_from(&HeaderMap::new()).ok(), Some(None));
     }
 }
