@@ -47,11 +47,22 @@ async fn create(
     amount_rub: i64,
     key: Option<&str>,
 ) -> reqwest::Response {
+    let body = json!({"amount_rub": amount_rub, "provider": provider});
+    create_with(app, user, &body, key).await
+}
+
+/// `POST /payments/create` with any JSON body.
+async fn create_with(
+    app: &TestApp,
+    user: &Session,
+    body: &Value,
+    key: Option<&str>,
+) -> reqwest::Response {
     let mut request = app
         .client
         .post(app.url("/api/v1/payments/create"))
         .bearer_auth(&user.access_token)
-        .json(&json!({"amount_rub": amount_rub, "provider": provider}));
+        .json(body);
     if let Some(key) = key {
         request = request.header("Idempotency-Key", key);
     }
@@ -184,14 +195,8 @@ async fn a_whole_amount_written_with_a_fraction_part_is_taken() {
     let shop = shop().await;
     let app = &shop.app;
     let user = app.register(&email("pay-float")).await;
-    let response = app
-        .client
-        .post(app.url("/api/v1/payments/create"))
-        .bearer_auth(&user.access_token)
-        .json(&json!({"amount_rub": 500.0, "provider": "tbank"}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"amount_rub": 500.0, "provider": "tbank"});
+    let response = create_with(app, &user, &body, None).await;
     assert_eq!(response.status(), 201);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["amount_rub"], 500);
@@ -221,27 +226,12 @@ async fn create_refuses_what_it_cannot_take_and_records_nothing() {
         )
         .await;
     }
-    let fractional = app
-        .client
-        .post(app.url("/api/v1/payments/create"))
-        .bearer_auth(&user.access_token)
-        .json(&json!({"amount_rub": 100.5, "provider": "tbank"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(fractional, 422, "validation_error").await;
     for body in [
+        json!({"amount_rub": 100.5, "provider": "tbank"}),
         json!({"amount_rub": "500", "provider": "tbank"}),
         json!([500, "tbank"]),
     ] {
-        let refused = app
-            .client
-            .post(app.url("/api/v1/payments/create"))
-            .bearer_auth(&user.access_token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let refused = create_with(&app, &user, &body, None).await;
         expect_error(refused, 422, "validation_error").await;
     }
     let form = app
