@@ -1192,6 +1192,44 @@ async fn the_upscale_service_may_answer_with_a_job_to_poll() {
     seen.assert_sound();
 }
 
+/// A polled job that reports failure hands over to the built-in upscaler, and a status URL on
+/// another origin than `UPSCALE_API_URL` is polled without the key.
+#[tokio::test]
+async fn a_failed_upscale_job_falls_back_and_a_foreign_status_url_never_gets_the_key() {
+    let fakes = Fakes::start().await;
+    let elsewhere = MockServer::start().await;
+    let status_url = format!("{}/jobs/u-2", elsewhere.uri());
+    mount_upscaler(&fakes.upscale, move |_| {
+        ResponseTemplate::new(202).set_body_json(json!({"id": "u-2", "status_url": status_url}))
+    })
+    .await;
+    Mock::given(method("GET"))
+        .and(path("/jobs/u-2"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"status": "failed", "error": {"message": "out of memory"}})),
+        )
+        .mount(&elsewhere)
+        .await;
+    let (images, _) = fakes.images(&[
+        ("UPSCALE_API_URL", &fakes.upscale_url()),
+        ("UPSCALE_API_KEY", "up-key"),
+    ]);
+    let upscaled = images
+        .upscale(&png(50, 40), 2, &|_| {})
+        .await
+        .expect("the built-in upscaler's picture");
+    assert_eq!(png_size(&upscaled.bytes), (100, 80));
+    let polls = elsewhere.received_requests().await.unwrap();
+    assert!(!polls.is_empty(), "the job was polled");
+    assert!(
+        polls
+            .iter()
+            .all(|r| !r.headers.contains_key("authorization")),
+        "the key went to another origin"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_upscale_service_is_retried_then_the_built_in_one_takes_over() {
     let fakes = Fakes::start().await;
