@@ -34,6 +34,23 @@ struct SiteRow {
     failed: i64,
 }
 
+impl From<legacy::store::SiteListed> for SiteRow {
+    fn from(listed: legacy::store::SiteListed) -> Self {
+        SiteRow {
+            id: listed.site.id,
+            domain: listed.site.domain,
+            name: listed.site.name,
+            owner_user_id: listed.site.owner_user_id,
+            owner_email: listed.owner_email,
+            created_at: listed.created_at,
+            articles: listed.articles,
+            completed: listed.completed,
+            published: listed.published,
+            failed: listed.failed,
+        }
+    }
+}
+
 pub async fn sites(
     State(state): State<AppState>,
     admin: Admin,
@@ -42,29 +59,11 @@ pub async fn sites(
     let offset = view::offset(q.offset);
     let rows = super::lists::page_of(
         &state,
-        "select s.id, s.domain, s.name, s.owner_user_id, u.email, s.created_at,
-            (select count(*) from articles a where a.site_id = s.id),
-            (select count(*) from articles a where a.site_id = s.id and a.status = 'completed'),
-            (select count(*) from articles a where a.site_id = s.id and a.status = 'published'),
-            (select count(*) from articles a where a.site_id = s.id and a.status = 'failed')
-         from sites s left join users u on u.id = s.owner_user_id",
+        legacy::store::LISTED_SELECT,
         super::lists::Where::default(),
         "s.created_at desc, s.id desc",
         offset,
-        |r| {
-            Ok(SiteRow {
-                id: r.get(0)?,
-                domain: r.get(1)?,
-                name: r.get(2)?,
-                owner_user_id: r.get(3)?,
-                owner_email: r.get(4)?,
-                created_at: r.get(5)?,
-                articles: r.get(6)?,
-                completed: r.get(7)?,
-                published: r.get(8)?,
-                failed: r.get(9)?,
-            })
-        },
+        |r| legacy::store::listed_from(r).map(SiteRow::from),
     )
     .await;
     super::lists::render(

@@ -91,30 +91,33 @@ pub struct SiteListed {
     pub failed: i64,
 }
 
+/// The columns [`listed_from`] reads: each site with its owner's email and article counts
+/// (`site list` and the admin UI's sites page add their order and paging).
+pub const LISTED_SELECT: &str =
+    "select s.id, s.domain, s.name, s.owner_user_id, u.email, s.created_at,
+        (select count(*) from articles a where a.site_id = s.id),
+        (select count(*) from articles a where a.site_id = s.id and a.status = 'completed'),
+        (select count(*) from articles a where a.site_id = s.id and a.status = 'published'),
+        (select count(*) from articles a where a.site_id = s.id and a.status = 'failed')
+     from sites s left join users u on u.id = s.owner_user_id";
+
+/// A row of [`LISTED_SELECT`].
+pub fn listed_from(r: &SqlRow<'_>) -> rusqlite::Result<SiteListed> {
+    Ok(SiteListed {
+        site: site_from(r)?,
+        owner_email: r.get(4)?,
+        created_at: r.get(5)?,
+        articles: r.get(6)?,
+        completed: r.get(7)?,
+        published: r.get(8)?,
+        failed: r.get(9)?,
+    })
+}
+
 /// Every site, oldest first, with its owner's email and article counts.
 pub fn list_sites(conn: &Connection) -> Result<Vec<SiteListed>, db::Error> {
-    let mut stmt = conn.prepare(
-        "select s.id, s.domain, s.name, s.owner_user_id, u.email, s.created_at,
-                (select count(*) from articles a where a.site_id = s.id),
-                (select count(*) from articles a where a.site_id = s.id and a.status = 'completed'),
-                (select count(*) from articles a where a.site_id = s.id and a.status = 'published'),
-                (select count(*) from articles a where a.site_id = s.id and a.status = 'failed')
-         from sites s left join users u on u.id = s.owner_user_id
-         order by s.created_at, s.id",
-    )?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok(SiteListed {
-                site: site_from(r)?,
-                owner_email: r.get(4)?,
-                created_at: r.get(5)?,
-                articles: r.get(6)?,
-                completed: r.get(7)?,
-                published: r.get(8)?,
-                failed: r.get(9)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare(&format!("{LISTED_SELECT} order by s.created_at, s.id"))?;
+    let rows = stmt.query_map([], listed_from)?.collect::<Result<_, _>>()?;
     Ok(rows)
 }
 

@@ -196,6 +196,13 @@ pub async fn yookassa(server: &MockServer) -> Shared {
 }
 
 /// Sets fields of a fake payment (e.g. `{"status":"succeeded","paid":true}`).
+/// The provider's id of the one payment the fake holds (the test opened exactly one).
+pub fn only_id(state: &Shared) -> String {
+    let ledger = state.lock().unwrap();
+    assert_eq!(ledger.payments.len(), 1, "the fake holds one payment");
+    ledger.payments.keys().next().unwrap().clone()
+}
+
 pub fn update(state: &Shared, id: &str, fields: Value) {
     let mut ledger = state.lock().unwrap();
     let payment = ledger.payments.get_mut(id).expect("fake payment");

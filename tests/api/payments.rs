@@ -302,15 +302,7 @@ async fn yookassa_top_up_is_credited_once_after_the_payment_is_re_fetched() {
     assert!(body["description"].as_str().unwrap().chars().count() <= 128);
     assert_eq!(balance(app, &user).await["pending_payments"], 1);
 
-    let yk_id = shop
-        .yookassa
-        .lock()
-        .unwrap()
-        .payments
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let yk_id = fake::only_id(&shop.yookassa);
     let notification = |event: &str| {
         json!({"type": "notification", "event": event,
                "object": {"id": yk_id, "status": "succeeded", "paid": true,
@@ -706,15 +698,7 @@ async fn tbank_credits_on_confirmed_only_and_refuses_forgeries() {
     );
     assert!(init.get("Password").is_none(), "the password is never sent");
     assert!(init.get("Receipt").is_none());
-    let tb_id = shop
-        .tbank
-        .lock()
-        .unwrap()
-        .payments
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let tb_id = fake::only_id(&shop.tbank);
 
     // AUTHORIZED comes first and moves no money.
     let (code, text) = deliver_json(
@@ -967,15 +951,7 @@ async fn a_lost_notification_is_reconciled_by_asking_the_provider() {
 
     // YooKassa: the owner's status request asks YooKassa.
     let yk = created(app, &user, "yookassa", 100).await;
-    let yk_id = shop
-        .yookassa
-        .lock()
-        .unwrap()
-        .payments
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let yk_id = fake::only_id(&shop.yookassa);
     fake::update(
         &shop.yookassa,
         &yk_id,
@@ -999,15 +975,7 @@ async fn a_lost_notification_is_reconciled_by_asking_the_provider() {
     // T-Bank: nobody asks; the timer does (its grace period passed: created 10 minutes ago).
     let tb = created(app, &user, "tbank", 100).await;
     let tb_payment = tb["payment_id"].as_str().unwrap().to_owned();
-    let tb_id = shop
-        .tbank
-        .lock()
-        .unwrap()
-        .payments
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let tb_id = fake::only_id(&shop.tbank);
     fake::update(&shop.tbank, &tb_id, json!({"Status": "CONFIRMED"}));
     let backdated = easy_writer::timestamp::format(
         time::OffsetDateTime::now_utc() - time::Duration::minutes(10),
@@ -1045,15 +1013,7 @@ async fn a_provider_refund_takes_back_what_is_left_and_flags_the_rest() {
     let user = app.register(&email("pay-refund")).await;
     let payment = created(app, &user, "tbank", 100).await;
     let id = payment["payment_id"].as_str().unwrap();
-    let tb_id = shop
-        .tbank
-        .lock()
-        .unwrap()
-        .payments
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let tb_id = fake::only_id(&shop.tbank);
     let confirmed = fake::tbank_notification(&shop.tbank, &tb_id, "CONFIRMED", true);
     assert_eq!(deliver_json(app, "tbank", &confirmed).await.0, 200);
     assert_eq!(balance(app, &user).await["balance"], 1000);
@@ -1094,15 +1054,7 @@ async fn every_webhook_call_is_logged_with_its_verdict_and_no_secret() {
     let app = &shop.app;
     let user = app.register(&email("pay-log")).await;
     created(app, &user, "tbank", 100).await;
-    let tb_id = shop
-        .tbank
-        .lock()
-        .unwrap()
-        .payments
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let tb_id = fake::only_id(&shop.tbank);
     let confirmed = fake::tbank_notification(&shop.tbank, &tb_id, "CONFIRMED", true);
     let token = confirmed["Token"].as_str().unwrap().to_owned();
     let mut forged = confirmed.clone();
@@ -1223,15 +1175,7 @@ async fn a_flood_of_forgeries_is_answered_but_logged_only_up_to_a_limit() {
     let app = &shop.app;
     let user = app.register(&email("pay-flood")).await;
     created(app, &user, "tbank", 100).await;
-    let tb_id = shop
-        .tbank
-        .lock()
-        .unwrap()
-        .payments
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let tb_id = fake::only_id(&shop.tbank);
     let confirmed = fake::tbank_notification(&shop.tbank, &tb_id, "CONFIRMED", true);
     let mut forged = confirmed.clone();
     forged["Token"] = json!("f".repeat(64));
