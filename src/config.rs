@@ -89,6 +89,7 @@ settings! {
     "GIGACHAT_API_KEY" => "gigachat"."api_key": Str,
     "GIGACHAT_SCOPE" => "gigachat"."scope": Str,
     "GIGACHAT_MODEL" => "gigachat"."model": Str,
+    "GIGACHAT_MODEL_QUALITY" => "gigachat"."model_quality": Str,
     "GIGACHAT_CA_CERT" => "gigachat"."ca_cert": Str,
     "GIGACHAT_AUTH_URL" => "gigachat"."auth_url": Str,
     "GIGACHAT_BASE_URL" => "gigachat"."base_url": Str,
@@ -481,6 +482,7 @@ pub struct GigaChat {
     pub api_key: Option<Secret>,
     pub scope: String,
     pub model: String,
+    pub model_quality: String,
     /// Unset: `<data_dir>/certificates/russian_trusted_root_ca.cer` when that file exists.
     #[serde(deserialize_with = "empty_as_none")]
     pub ca_cert: Option<PathBuf>,
@@ -495,6 +497,7 @@ impl Default for GigaChat {
             api_key: None,
             scope: "GIGACHAT_API_PERS".into(),
             model: "GigaChat-2".into(),
+            model_quality: "GigaChat-2-Pro".into(),
             ca_cert: None,
             auth_url: "https://ngw.devices.sberbank.ru:9443/api/v2/oauth".into(),
             base_url: "https://gigachat.devices.sberbank.ru/api/v1".into(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::document;
 use super::pipeline::{self, Produced};
 use super::store::{self, Outcome};
 use super::{Session, SessionError};
@@ -18,7 +19,7 @@ use crate::images;
 use crate::jobs::hub::Event;
 use crate::jobs::work::{Failure, Recover, Settled, Work};
 use crate::jobs::{Handle, Runner};
-use crate::llm::{self, ChatRequest, LlmRouter, Quality};
+use crate::llm::{self, LlmRouter, Quality};
 use crate::tools::catalogue::{self, Mode};
 use crate::tools::{Tool, render};
 
@@ -34,6 +35,12 @@ pub struct Deps {
 /// What a run produced, before it is written down.
 pub enum Output {
     Text(Produced),
+    /// A tool with `output_format: json`: the model's object, checked against its schema.
+    Json {
+        result: Value,
+        provider: llm::ProviderId,
+        tokens: u64,
+    },
     /// A new picture (`image_generate`; with its text, `greeting_card`).
     Picture {
         stored: Stored,
@@ -56,6 +63,8 @@ pub struct Generation {
     pub tool: Arc<Tool>,
     pub mode: Mode,
     pub input: Value,
+    /// What the session was charged (its quote when it was opened).
+    pub cost: i64,
 }
 
 /// The contract's failure for what the text providers said (shared with WordPress articles).
@@ -173,6 +182,7 @@ impl Generation {
             request,
             text: Some(Produced {
                 text,
+                body_start: 0,
                 provider: steps.provider,
                 tokens: steps.tokens,
             }),
@@ -182,23 +192,52 @@ impl Generation {
     /// A quick run: the tool's prompt in one call.
     async fn quick(&self) -> Result<Produced, pipeline::Failure> {
         let tool = &self.tool;
-        let request = ChatRequest {
-            system: tool.system_prompt.clone(),
-            user: render::render(&tool.user_template, &self.input, &tool.input_schema, &[]),
-            quality: Quality::Quick,
-            ..Default::default()
-        };
+        let request = tool.request(
+            tool.system_prompt.clone(),
+            render::render(&tool.user_template, &self.input, &tool.input_schema, &[]),
+            Quality::Quick,
+        );
         let (provider, response) = self
             .deps
             .llm
             .chat(Some(tool.preferred_provider()), &request)
             .await
             .map_err(pipeline::Failure::Unavailable)?;
+        let tokens = response
+            .usage
+            .or_estimate(&request, &response.text, 0)
+            .total_tokens;
         Ok(Produced {
             text: response.text,
+            body_start: 0,
             provider,
-            tokens: response.usage.total_tokens,
+            tokens,
         })
+    }
+
+    /// A text tool's run, quick or standard, with what the server adds or checks.
+    async fn text(&self, watch: &Handle) -> Result<Output, pipeline::Failure> {
+        let mut produced = match self.mode {
+            Mode::Quick => self.quick().await?,
+            Mode::Standard => pipeline::run(&self.deps.llm, &self.tool, &self.input, watch).await?,
+        };
+        if self.tool.output_format == catalogue::OutputFormat::Json {
+            return match structured(&produced.text).filter(|v| self.tool.result_fits(v)) {
+                Some(result) => Ok(Output::Json {
+                    result,
+                    provider: produced.provider,
+                    tokens: produced.tokens,
+                }),
+                None => Err(pipeline::Failure::Provider(
+                    produced.provider,
+                    llm::Error::Malformed("the answer is not the JSON the tool asks for".into()),
+                )),
+            };
+        }
+        if self.mode == Mode::Quick {
+            produced.text = document::with_disclaimers(&self.tool, &self.input, produced.text);
+        }
+        Ok(Output::Text(produced))
     }
 }
 
@@ -234,22 +273,14 @@ impl Work for Generation {
             "image_generate" => self.image_generate(watch).await,
             "image_upscale" => self.image_upscale(watch).await,
             "greeting_card" => self.greeting_card(watch).await,
-            _ => {
-                let produced = match self.mode {
-                    Mode::Quick => self.quick().await,
-                    Mode::Standard => {
-                        pipeline::run(&self.deps.llm, &self.tool, &self.input, watch).await
-                    }
-                };
-                produced.map(Output::Text).map_err(failure)
-            }
+            _ => self.text(watch).await.map_err(failure),
         }
     }
 
     async fn settle(&self, ended: Result<Output, Failure>) -> Result<Session, billing::Error> {
         let (user_id, id) = (self.user_id.clone(), self.session_id.clone());
         let links = self.deps.gallery.links.clone();
-        let cost = self.tool.cost_for(self.mode, &self.input).unwrap_or(0);
+        let cost = self.cost;
         let (session, unused) = self
             .deps
             .db
@@ -309,6 +340,11 @@ fn record_output(
             produced.tokens as i64,
             None,
         ),
+        Output::Json {
+            result,
+            provider,
+            tokens,
+        } => (result, provider.as_str().to_owned(), tokens as i64, None),
         Output::Picture {
             stored,
             request,
@@ -429,6 +465,7 @@ impl Recover for Recovery {
                         tool: tool.clone(),
                         mode: Mode::Standard,
                         input: session.input_data,
+                        cost: session.cost_raits,
                     });
                     requeued += 1;
                 }
@@ -473,4 +510,19 @@ fn picture_request(input: &Value) -> images::Request {
             .and_then(|f| images::Format::parse(&f))
             .unwrap_or(images::Format::Web),
     }
+}
+
+/// The JSON object in a model's answer: the whole answer, or the first ```json block of it.
+fn structured(answer: &str) -> Option<Value> {
+    let trimmed = answer.trim();
+    let inner = trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|rest| rest.trim_end().strip_suffix("```"))
+        .unwrap_or(trimmed);
+    let start = inner.find('{')?;
+    let end = inner.rfind('}')?;
+    serde_json::from_str::<Value>(inner.get(start..=end)?)
+        .ok()
+        .filter(Value::is_object)
 }

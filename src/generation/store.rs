@@ -240,13 +240,14 @@ pub struct Queued {
     pub tool_id: String,
     pub mode: String,
     pub input_data: Value,
+    pub cost_raits: i64,
 }
 
 /// Every `pending` session, oldest first.
 pub fn queued(conn: &Connection) -> Result<Vec<Queued>, db::Error> {
     Ok(conn
         .prepare_cached(
-            "select id, user_id, tool_id, mode, input_data from generation_sessions
+            "select id, user_id, tool_id, mode, input_data, cost_raits from generation_sessions
              where status = 'pending' order by created_at, id",
         )?
         .query_map([], |r| {
@@ -257,6 +258,7 @@ pub fn queued(conn: &Connection) -> Result<Vec<Queued>, db::Error> {
                 tool_id: r.get(2)?,
                 mode: r.get(3)?,
                 input_data: serde_json::from_str(&input).unwrap_or(Value::Null),
+                cost_raits: r.get(5)?,
             })
         })?
         .collect::<Result<_, _>>()?)

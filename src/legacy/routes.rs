@@ -184,8 +184,9 @@ async fn generate_article(
         ));
     }
     let price = tool
-        .cost(Mode::Standard)
-        .ok_or_else(|| ApiError::internal(&"seo_article has no standard price"))?;
+        .quote(Mode::Standard, &input)
+        .ok_or_else(|| ApiError::internal(&"seo_article has no standard price"))?
+        .cost_raits;
     if state.llm.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

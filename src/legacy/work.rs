@@ -126,7 +126,7 @@ impl Work for Article {
         // Rendering is CPU work on untrusted text: on the blocking pool, before the write.
         let ended = match ended {
             Ok(produced) => tokio::task::spawn_blocking(move || {
-                let content = html::render(&produced.text);
+                let content = html::render(produced.body());
                 (produced, content)
             })
             .await

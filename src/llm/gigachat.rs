@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use super::error::{retry_after, short};
 use super::wire::Completion;
 use super::{
-    ChatRequest, ChatResponse, ChatStream, Error, Provider, ProviderId, StreamEvent, Usage, sse,
+    ChatRequest, ChatResponse, ChatStream, Error, Provider, ProviderId, Quality, StreamEvent,
+    Usage, sse,
 };
 use crate::config::{self, Secret};
 
@@ -41,6 +42,7 @@ pub struct Client {
     basic: HeaderValue,
     scope: String,
     model: String,
+    model_quality: String,
     ca_cert: Option<PathBuf>,
     /// One entry (key `()`): the current access token. `try_get_with` makes concurrent callers
     /// share a single token request.
@@ -133,6 +135,7 @@ impl Client {
             basic,
             scope: cfg.scope.clone(),
             model: cfg.model.clone(),
+            model_quality: cfg.model_quality.clone(),
             ca_cert,
             tokens: moka::future::Cache::builder()
                 .expire_after(UntilStale)
@@ -220,9 +223,19 @@ impl Client {
         check_status(response).await
     }
 
+    /// `GIGACHAT_MODEL` for quick work, `GIGACHAT_MODEL_QUALITY` for standard mode and tools
+    /// that need a pro model.
+    fn chat_model<'a>(&'a self, request: &'a ChatRequest) -> &'a str {
+        match (&request.model, request.quality) {
+            (Some(model), _) => model,
+            (None, Quality::Quick) => &self.model,
+            (None, Quality::Standard) => &self.model_quality,
+        }
+    }
+
     fn body(&self, request: &ChatRequest, stream: bool) -> Value {
         let mut body = json!({
-            "model": request.model.as_deref().unwrap_or(&self.model),
+            "model": self.chat_model(request),
             "messages": [
                 {"role": "system", "content": request.system},
                 {"role": "user", "content": request.user},
@@ -378,6 +391,10 @@ fn finish(
 
 #[async_trait::async_trait]
 impl Provider for Client {
+    fn model_for(&self, request: &ChatRequest) -> String {
+        self.chat_model(request).to_owned()
+    }
+
     fn id(&self) -> ProviderId {
         ProviderId::GigaChat
     }

@@ -68,6 +68,37 @@ pub enum Quality {
     Standard,
 }
 
+/// How capable a model is. A tool that needs more than a "lite" model (contracts, academic
+/// texts, long essays) says `min_tier: pro`, and the router never sends it to a lite one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    #[default]
+    Lite,
+    Pro,
+}
+
+impl Tier {
+    /// A model's tier from its name: the small models of each family (`yandexgpt-lite`,
+    /// `GigaChat` / `GigaChat-2` — Sber's Lite —, `gpt-4o-mini`, `*-nano`) are lite, anything
+    /// else is taken as pro.
+    pub fn of_model(model: &str) -> Tier {
+        let name = model.to_ascii_lowercase();
+        let name = name.trim_end_matches("/latest").trim_end_matches(":latest");
+        let lite = ["lite", "mini", "nano"].iter().any(|w| name.contains(w))
+            || name == "gigachat"
+            || name == "gigachat-2";
+        if lite { Tier::Lite } else { Tier::Pro }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Lite => "lite",
+            Tier::Pro => "pro",
+        }
+    }
+}
+
 /// One chat generation: a system prompt and a user message.
 #[derive(Clone, Debug, Default)]
 pub struct ChatRequest {
@@ -79,6 +110,8 @@ pub struct ChatRequest {
     /// 0..1 is understood by every provider.
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
+    /// Providers whose model for this request is below this tier are passed over.
+    pub min_tier: Tier,
 }
 
 /// Tokens a generation used, as the provider counted them.
@@ -87,6 +120,25 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+}
+
+impl Usage {
+    /// The provider's count, or — when it reported none (some OpenAI-compatible servers do not
+    /// when streaming) — an estimate: about three characters a token for the prompt and the
+    /// answer, and never fewer answer tokens than the stream delivered deltas.
+    pub fn or_estimate(self, request: &ChatRequest, answer: &str, deltas: u64) -> Usage {
+        if self.total_tokens > 0 {
+            return self;
+        }
+        let estimate = |text: &str| (text.chars().count() as u64).div_ceil(3);
+        let prompt_tokens = estimate(&request.system) + estimate(&request.user);
+        let completion_tokens = estimate(answer).max(deltas);
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
 }
 
 /// A finished generation.
@@ -113,6 +165,9 @@ pub type ChatStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Error>> + Se
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
     fn id(&self) -> ProviderId;
+
+    /// The model a request goes to (its own `model`, else the configured one for its quality).
+    fn model_for(&self, request: &ChatRequest) -> String;
 
     /// Generates a whole answer.
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, Error>;

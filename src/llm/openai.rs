@@ -133,6 +133,10 @@ fn finish(
 
 #[async_trait::async_trait]
 impl Provider for Client {
+    fn model_for(&self, request: &ChatRequest) -> String {
+        request.model.clone().unwrap_or_else(|| self.model.clone())
+    }
+
     fn id(&self) -> ProviderId {
         ProviderId::OpenAi
     }

@@ -272,12 +272,14 @@ impl LlmRouter {
         backoff(self.settings.retry_base, next, error)
     }
 
-    /// Tries the providers in plan order, each up to [`ATTEMPTS`] times, until `call` succeeds.
+    /// Tries the providers in plan order, each up to [`ATTEMPTS`] times, until `call` succeeds;
+    /// a provider whose model for `request` is below its `min_tier` is passed over.
     /// `call` makes one attempt; this records its outcome, logs failures and waits between
     /// attempts.
     async fn run<'a, T, F, Fut>(
         &'a self,
         preferred: Option<ProviderId>,
+        request: &ChatRequest,
         mut call: F,
     ) -> Result<(ProviderId, T), Unavailable>
     where
@@ -288,6 +290,10 @@ impl LlmRouter {
         let mut skipped = Vec::new();
         for id in self.plan(preferred) {
             let slot = &self.slots[&id];
+            if super::Tier::of_model(&slot.provider.model_for(request)) < request.min_tier {
+                skipped.push((id, "its model is below the tool's tier"));
+                continue;
+            }
             if !self.in_rotation(slot) {
                 skipped.push((id, "out of rotation after repeated failures"));
                 continue;
@@ -333,7 +339,7 @@ impl LlmRouter {
         preferred: Option<ProviderId>,
         request: &ChatRequest,
     ) -> Result<(ProviderId, ChatResponse), Unavailable> {
-        self.run(preferred, |id, slot| async move {
+        self.run(preferred, request, |id, slot| async move {
             let started = Instant::now();
             let _permit = slot.permits.acquire().await.expect("never closed");
             let response = slot.provider.chat(request).await?;
@@ -357,7 +363,7 @@ impl LlmRouter {
         preferred: Option<ProviderId>,
         request: &ChatRequest,
     ) -> Result<(ProviderId, ChatStream), Unavailable> {
-        self.run(preferred, |id, slot| async move {
+        self.run(preferred, request, |id, slot| async move {
             let permit = slot
                 .permits
                 .clone()

@@ -475,6 +475,10 @@ fn ndjson(response: reqwest::Response) -> impl Stream<Item = Result<Vec<u8>, Err
 
 #[async_trait::async_trait]
 impl Provider for Client {
+    fn model_for(&self, request: &ChatRequest) -> String {
+        self.chat_model(request).to_owned()
+    }
+
     fn id(&self) -> ProviderId {
         ProviderId::YandexGpt
     }

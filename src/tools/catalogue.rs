@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::price::UnitPrice;
 use super::{IMAGE_TOOLS, TABS, Tab, render};
-use crate::llm::ProviderId;
+use crate::llm::{ChatRequest, ProviderId, Quality, Tier};
 
 /// The prompts compiled into the binary.
 #[derive(rust_embed::RustEmbed)]
@@ -62,6 +63,9 @@ pub enum OutputFormat {
     Markdown,
     Image,
     Card,
+    /// A JSON object the model writes and the server checks against the tool's
+    /// `result_schema` (spell_check's `{text, edits}`).
+    Json,
 }
 
 /// One step of standard mode.
@@ -71,9 +75,80 @@ pub struct Step {
     pub name: String,
     pub system_prompt: String,
     pub user_template: String,
-    /// Run once per line of the previous step's output (`{section}`), joining the parts.
+    /// Run once per line of the previous step's output (`{section}`), joining the parts;
+    /// right after another `per_section` step, once per part it wrote (`{part}`), so a long
+    /// text is edited in pieces that each fit one answer.
     #[serde(default)]
     pub per_section: bool,
+    /// Its output goes before the text instead of replacing it (a title and description
+    /// written from the finished article); `{previous}` is the whole text.
+    #[serde(default)]
+    pub prepend: bool,
+}
+
+/// `length` in a tool file: how long the form asks the text to be, checked after the last
+/// step (±10 %), with one top-up call when it came out short.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Length {
+    /// An integer field: pages, words or minutes.
+    pub field: String,
+    /// Words per unit of that field (250 a page, 1 a word, about 120 a spoken minute).
+    pub words_per_unit: u64,
+    /// Parts (by the start of their plan line) the top-up never lengthens, such as a
+    /// bibliography or an FAQ.
+    #[serde(default)]
+    pub keep: Vec<String>,
+}
+
+impl Length {
+    /// The words `input` asks for (the field's schema default when absent).
+    pub fn target_words(&self, input: &Value, schema: &Value) -> u64 {
+        let units = input
+            .get(&self.field)
+            .and_then(Value::as_u64)
+            .or_else(|| schema["properties"][&self.field]["default"].as_u64())
+            .unwrap_or(0);
+        units.saturating_mul(self.words_per_unit)
+    }
+}
+
+/// A note the server appends to a result — legal caution is not left to a model that a
+/// fallback may replace.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disclaimer {
+    pub text: String,
+    /// Only when a form field has one of these values.
+    #[serde(default)]
+    pub when: Option<When>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    pub field: String,
+    pub values: Vec<String>,
+}
+
+impl Disclaimer {
+    pub fn applies(&self, input: &Value) -> bool {
+        self.when.as_ref().is_none_or(|when| {
+            input
+                .get(&when.field)
+                .and_then(Value::as_str)
+                .is_some_and(|value| when.values.iter().any(|v| v == value))
+        })
+    }
+}
+
+/// `title_page` in a tool file: the server writes a title page from the form (university,
+/// faculty, student, group, teacher, city) instead of the model writing placeholders.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TitlePage {
+    /// The kind of work as the title page names it: «РЕФЕРАТ», «ДОКЛАД», «ЭССЕ».
+    pub kind: String,
 }
 
 /// A tool file as written.
@@ -94,6 +169,24 @@ struct ToolFile {
     user_template: String,
     #[serde(default)]
     steps: Vec<Step>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    min_tier: Tier,
+    #[serde(default)]
+    price_per_unit: Option<UnitPrice>,
+    #[serde(default)]
+    length: Option<Length>,
+    #[serde(default)]
+    disclaimers: Vec<Disclaimer>,
+    #[serde(default)]
+    title_page: Option<TitlePage>,
+    #[serde(default)]
+    contents: bool,
+    #[serde(default)]
+    result_schema: Option<Value>,
 }
 
 /// A validated tool.
@@ -113,7 +206,22 @@ pub struct Tool {
     pub system_prompt: String,
     pub user_template: String,
     pub steps: Vec<Step>,
+    /// Sampling temperature for every call (0..1); the provider's default when unset.
+    pub temperature: Option<f64>,
+    /// The answer limit of each call.
+    pub max_tokens: Option<u32>,
+    /// Never sent to a model below this tier.
+    pub min_tier: Tier,
+    pub price_per_unit: Option<UnitPrice>,
+    pub length: Option<Length>,
+    pub disclaimers: Vec<Disclaimer>,
+    pub title_page: Option<TitlePage>,
+    /// A contents list built from the finished text's headings.
+    pub contents: bool,
+    /// For `output_format: json`: the shape the model's answer must have.
+    pub result_schema: Option<Value>,
     validator: jsonschema::Validator,
+    result_validator: Option<jsonschema::Validator>,
 }
 
 impl std::fmt::Debug for Tool {
@@ -126,26 +234,29 @@ impl std::fmt::Debug for Tool {
 }
 
 impl Tool {
-    /// The price of a run in `mode`.
-    pub fn cost(&self, mode: Mode) -> Option<i64> {
-        self.costs.get(mode.as_str()).copied()
+    /// A chat request for one call of this tool, with its generation settings.
+    pub fn request(&self, system: String, user: String, quality: Quality) -> ChatRequest {
+        ChatRequest {
+            system,
+            user,
+            // A tool that needs a pro model gets the provider's quality model even when quick.
+            quality: if self.min_tier >= Tier::Pro {
+                Quality::Standard
+            } else {
+                quality
+            },
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            min_tier: self.min_tier,
+            model: None,
+        }
     }
 
-    /// The price of running this tool on `input`: an image tool's price depends on the
-    /// picture's `format` or the upscale's `scale` (its `costs` keys), any other on the mode.
-    pub fn cost_for(&self, mode: Mode, input: &Value) -> Option<i64> {
-        let by_input = ["format", "scale"].iter().find_map(|field| {
-            let value = match &input[*field] {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                _ => return None,
-            };
-            self.costs.get(&value).copied()
-        });
-        match by_input {
-            Some(price) if self.is_image_tool() => Some(price),
-            _ => self.cost(mode),
-        }
+    /// Whether `value` has the shape `result_schema` asks for.
+    pub fn result_fits(&self, value: &Value) -> bool {
+        self.result_validator
+            .as_ref()
+            .is_none_or(|v| v.is_valid(value))
     }
 
     /// The provider the router tries first: the file's choice, else the contract's routing.
@@ -433,10 +544,9 @@ fn parse_tool(tab: &'static str, id: &str, text: &str) -> Result<Tool, Vec<Strin
         .as_object()
         .map(|p| p.keys().cloned().collect())
         .unwrap_or_default();
-    let mut check = |template: &str, where_: &str, in_steps: bool| {
+    let check = |problems: &mut Vec<String>, template: &str, where_: &str, extra: &[&str]| {
         for name in render::placeholders(template) {
-            let allowed = properties.contains(&name)
-                || (in_steps && (name == "previous" || name == "section"));
+            let allowed = properties.contains(&name) || extra.contains(&name.as_str());
             if !allowed {
                 problems.push(format!(
                     "{where_}: placeholder {{{name}}} is not a field of input_schema"
@@ -444,14 +554,46 @@ fn parse_tool(tab: &'static str, id: &str, text: &str) -> Result<Tool, Vec<Strin
             }
         }
     };
-    check(&file.user_template, "user_template", false);
+    check(&mut problems, &file.user_template, "user_template", &[]);
     for (i, step) in file.steps.iter().enumerate() {
+        let editing_parts = step.per_section && i > 0 && file.steps[i - 1].per_section;
+        let extra: &[&str] = match (step.per_section, editing_parts) {
+            (true, true) => &["previous", "section", "part", "before", "section_words"],
+            (true, false) => &["previous", "section", "section_words"],
+            _ => &["previous"],
+        };
         check(
+            &mut problems,
             &step.user_template,
             &format!("steps[{i}] ({})", step.name),
-            true,
+            extra,
         );
+        if step.per_section && step.prepend {
+            problems.push(format!(
+                "steps[{i}] ({}): per_section and prepend exclude each other",
+                step.name
+            ));
+        }
     }
+    problems.extend(settings_problems(&file, &properties));
+    let result_validator = match (&file.output_format, &file.result_schema) {
+        (OutputFormat::Json, None) => {
+            problems.push("output_format json needs a result_schema".into());
+            None
+        }
+        (OutputFormat::Json, Some(schema)) => match jsonschema::validator_for(schema) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                problems.push(format!("result_schema: {e}"));
+                None
+            }
+        },
+        (_, Some(_)) => {
+            problems.push("result_schema is only for output_format json".into());
+            None
+        }
+        _ => None,
+    };
     let steps = if file.steps.is_empty() && file.supports_modes.contains(&Mode::Standard) {
         default_steps(&file.system_prompt, &file.user_template)
     } else {
@@ -473,10 +615,68 @@ fn parse_tool(tab: &'static str, id: &str, text: &str) -> Result<Tool, Vec<Strin
             system_prompt: file.system_prompt,
             user_template: file.user_template,
             steps,
+            temperature: file.temperature,
+            max_tokens: file.max_tokens,
+            min_tier: file.min_tier,
+            price_per_unit: file.price_per_unit,
+            length: file.length,
+            disclaimers: file.disclaimers,
+            title_page: file.title_page,
+            contents: file.contents,
+            result_schema: file.result_schema,
             validator,
+            result_validator,
         }),
         _ => Err(problems),
     }
+}
+
+/// Problems with a file's generation settings, prices, length, disclaimers and title page.
+fn settings_problems(file: &ToolFile, properties: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(t) = file.temperature
+        && !(0.0..=1.0).contains(&t)
+    {
+        problems.push("temperature must be between 0 and 1".into());
+    }
+    if file.max_tokens == Some(0) {
+        problems.push("max_tokens must be positive".into());
+    }
+    if let Some(price) = &file.price_per_unit {
+        problems.extend(price.problems(&file.input_schema, &file.supports_modes));
+    }
+    if let Some(length) = &file.length {
+        if file.input_schema["properties"][&length.field]["type"] != "integer" {
+            problems.push(format!(
+                "length.field {:?} must be an integer field of input_schema",
+                length.field
+            ));
+        }
+        if length.words_per_unit == 0 {
+            problems.push("length.words_per_unit must be positive".into());
+        }
+    }
+    for (i, d) in file.disclaimers.iter().enumerate() {
+        if d.text.trim().is_empty() {
+            problems.push(format!("disclaimers[{i}].text is empty"));
+        }
+        if let Some(when) = &d.when
+            && !properties.contains(&when.field)
+        {
+            problems.push(format!(
+                "disclaimers[{i}].when.field {:?} is not a field of input_schema",
+                when.field
+            ));
+        }
+    }
+    if file
+        .title_page
+        .as_ref()
+        .is_some_and(|t| t.kind.trim().is_empty())
+    {
+        problems.push("title_page.kind is empty".into());
+    }
+    problems
 }
 
 /// Standard mode for a tool that declares no steps: its own prompt writes a draft, then an
@@ -488,6 +688,7 @@ fn default_steps(system_prompt: &str, user_template: &str) -> Vec<Step> {
             system_prompt: system_prompt.to_owned(),
             user_template: user_template.to_owned(),
             per_section: false,
+            prepend: false,
         },
         Step {
             name: "Редактура".into(),
@@ -496,6 +697,7 @@ fn default_steps(system_prompt: &str, user_template: &str) -> Vec<Step> {
                 "Текст для редактуры — всё, что ниже этой строки, до конца сообщения:\n{previous}\n"
                     .into(),
             per_section: false,
+            prepend: false,
         },
     ]
 }

@@ -5,6 +5,7 @@
 //! provider come from its file, so operators can edit prompts and add tools without a build.
 
 pub mod catalogue;
+pub mod price;
 pub mod render;
 pub mod routes;
 

@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::catalogue::{Mode, OutputFormat, Tool};
+use super::price::Quote;
 use crate::app::AppState;
 use crate::auth::extract::CurrentUser;
 use crate::error::{ApiError, ErrorBody, FieldError};
@@ -35,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_tab_tools))
         .routes(routes!(get_schema))
         .routes(routes!(execute))
+        .routes(routes!(quote))
 }
 
 /// A tool in a tab listing.
@@ -201,6 +203,73 @@ async fn execute(
     AppJson(body): AppJson<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
     let tool = find_tool(&state, &id)?;
+    let (mode, price) = priced(&tool, &body)?;
+    let cost = price.cost_raits;
+    let key = idempotency::key_from(&headers)?;
+    // Refused before the debit, with the reason: nothing to refund.
+    let needs_text = !matches!(tool.id.as_str(), "image_generate" | "image_upscale");
+    if (needs_text && state.llm.is_empty()) || (tool.is_image_tool() && state.images.is_empty()) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "providers_unavailable",
+            "No AI provider for this tool is configured on this server",
+        ));
+    }
+    if tool.id == "image_upscale" {
+        upscalable(&state, &current.user.id, &body.input).await?;
+    }
+    let user_id = current.user.id.clone();
+
+    // From the debit to the settlement the run is a runner task: a client that hangs up
+    // cannot stop it half-way, and shutdown waits for it.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task_state = state.clone();
+    state.jobs.spawn(async move {
+        let _ = tx.send(paid_run(task_state, tool, mode, cost, key, user_id, body.input).await);
+    });
+    rx.await
+        .unwrap_or_else(|_| Err(ApiError::internal(&"the execution task ended unexpectedly")))
+}
+
+/// A run's price.
+#[derive(Serialize, ToSchema)]
+pub struct QuoteResponse {
+    tool_id: String,
+    mode: Mode,
+    #[serde(flatten)]
+    quote: Quote,
+}
+
+/// The exact price `execute` would charge for this input and mode now: the mode's base price,
+/// plus the tool's rate for each unit (1,000 characters, pages, words, minutes) beyond those
+/// the base includes. Nothing is charged or run.
+#[utoipa::path(post, path = "/tools/{id}/quote", tag = "tools", security(("bearer" = [])),
+    params(("id" = String, Path, description = "tool id")),
+    request_body = ExecuteRequest,
+    responses(
+        (status = 200, body = QuoteResponse),
+        (status = 400, description = "`mode_not_supported`", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
+async fn quote(
+    State(state): State<AppState>,
+    _user: CurrentUser,
+    Path(id): Path<String>,
+    AppJson(body): AppJson<ExecuteRequest>,
+) -> Result<Json<QuoteResponse>, ApiError> {
+    let tool = find_tool(&state, &id)?;
+    let (mode, quote) = priced(&tool, &body)?;
+    Ok(Json(QuoteResponse {
+        tool_id: tool.id.clone(),
+        mode,
+        quote,
+    }))
+}
+
+/// The mode a request runs in and its price, or why it cannot run: `422` for a bad mode or
+/// input, `400` for a mode the tool does not offer.
+fn priced(tool: &Tool, body: &ExecuteRequest) -> Result<(Mode, Quote), ApiError> {
     let mode = match body.mode.as_deref() {
         None => {
             if tool.supports_modes.contains(&Mode::Quick) {
@@ -242,37 +311,14 @@ async fn execute(
             format!("Tool {} does not offer {} mode", tool.id, mode.as_str()),
         ));
     }
-    let cost = tool.cost_for(mode, &body.input).ok_or_else(|| {
+    let quote = tool.quote(mode, &body.input).ok_or_else(|| {
         ApiError::internal(&format!(
             "tool {} has no price for {}",
             tool.id,
             mode.as_str()
         ))
     })?;
-    let key = idempotency::key_from(&headers)?;
-    // Refused before the debit, with the reason: nothing to refund.
-    let needs_text = !matches!(tool.id.as_str(), "image_generate" | "image_upscale");
-    if (needs_text && state.llm.is_empty()) || (tool.is_image_tool() && state.images.is_empty()) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "providers_unavailable",
-            "No AI provider for this tool is configured on this server",
-        ));
-    }
-    if tool.id == "image_upscale" {
-        upscalable(&state, &current.user.id, &body.input).await?;
-    }
-    let user_id = current.user.id.clone();
-
-    // From the debit to the settlement the run is a runner task: a client that hangs up
-    // cannot stop it half-way, and shutdown waits for it.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task_state = state.clone();
-    state.jobs.spawn(async move {
-        let _ = tx.send(paid_run(task_state, tool, mode, cost, key, user_id, body.input).await);
-    });
-    rx.await
-        .unwrap_or_else(|_| Err(ApiError::internal(&"the execution task ended unexpectedly")))
+    Ok((mode, quote))
 }
 
 /// Debits and opens the session, then runs it quick or queues it standard.
@@ -330,6 +376,7 @@ async fn paid_run(
         tool,
         mode,
         input,
+        cost,
     };
     if mode == Mode::Standard || generation.tool.is_image_tool() {
         state.jobs.enqueue(generation);
