@@ -17,8 +17,11 @@ pub enum Unit {
     /// Characters of a text field, in blocks of `per` (1,000 by default).
     Characters,
     Pages,
+    /// Words, in blocks of `per` (1 by default; 100 reads better in a price).
     Words,
     Minutes,
+    /// Slides, letters and the like: an integer count.
+    Items,
 }
 
 /// `price_per_unit` in a tool file.
@@ -28,7 +31,7 @@ pub struct UnitPrice {
     /// The form field measured: a string (characters) or an integer (pages, words, minutes).
     pub field: String,
     pub unit: Unit,
-    /// Characters per unit; integers always count one by one.
+    /// Characters (default 1,000) or words (default 1) per unit; other units count one by one.
     #[serde(default)]
     pub per: Option<u64>,
     /// Units the base price covers.
@@ -41,6 +44,7 @@ impl UnitPrice {
     fn per(&self) -> u64 {
         match self.unit {
             Unit::Characters => self.per.unwrap_or(1000).max(1),
+            Unit::Words => self.per.unwrap_or(1).max(1),
             _ => 1,
         }
     }
@@ -65,17 +69,22 @@ impl UnitPrice {
                 };
                 chars.div_ceil(self.per())
             }
-            _ => value.as_u64().unwrap_or(self.included),
+            _ => value
+                .as_u64()
+                .map_or(self.included, |n| n.div_ceil(self.per())),
         }
     }
 
-    /// The unit's name in a quote: `1000_characters`, `pages`, `words`, `minutes`.
+    /// The unit's name in a quote: `1000_characters`, `pages`, `100_words`, `words`,
+    /// `minutes`, `items`.
     pub fn name(&self) -> String {
-        match self.unit {
-            Unit::Characters => format!("{}_characters", self.per()),
-            Unit::Pages => "pages".into(),
-            Unit::Words => "words".into(),
-            Unit::Minutes => "minutes".into(),
+        match (self.unit, self.per()) {
+            (Unit::Characters, per) => format!("{per}_characters"),
+            (Unit::Words, 1) => "words".into(),
+            (Unit::Words, per) => format!("{per}_words"),
+            (Unit::Pages, _) => "pages".into(),
+            (Unit::Minutes, _) => "minutes".into(),
+            (Unit::Items, _) => "items".into(),
         }
     }
 
@@ -122,7 +131,7 @@ pub struct Quote {
     /// Units the input measures, when the price depends on it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub units: Option<u64>,
-    /// `1000_characters`, `pages`, `words` or `minutes`.
+    /// `1000_characters`, `pages`, `100_words`, `minutes`, `items`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -215,6 +224,12 @@ mod tests {
         assert_eq!(pages.count(&json!({"pages": 25}), &schema), 25);
         assert_eq!(pages.count(&json!({}), &schema), 10);
         assert_eq!(pages.name(), "pages");
+        let words = UnitPrice {
+            per: Some(100),
+            ..price(Unit::Words, "pages")
+        };
+        assert_eq!(words.count(&json!({"pages": 1501}), &schema), 16);
+        assert_eq!(words.name(), "100_words");
         assert_eq!(chars.name(), "1000_characters");
     }
 
