@@ -86,6 +86,7 @@ settings! {
     "OPENAI_PROXY_URL" => "openai"."proxy_url": Str,
     "OPENAI_BASE_URL" => "openai"."base_url": Str,
     "OPENAI_MAX_CONCURRENCY" => "openai"."max_concurrency": Int,
+    "OPENAI_KOPECKS_PER_1K_TOKENS" => "openai"."kopecks_per_1k_tokens": Int,
     "GIGACHAT_API_KEY" => "gigachat"."api_key": Str,
     "GIGACHAT_SCOPE" => "gigachat"."scope": Str,
     "GIGACHAT_MODEL" => "gigachat"."model": Str,
@@ -94,6 +95,7 @@ settings! {
     "GIGACHAT_AUTH_URL" => "gigachat"."auth_url": Str,
     "GIGACHAT_BASE_URL" => "gigachat"."base_url": Str,
     "GIGACHAT_MAX_CONCURRENCY" => "gigachat"."max_concurrency": Int,
+    "GIGACHAT_KOPECKS_PER_1K_TOKENS" => "gigachat"."kopecks_per_1k_tokens": Int,
     "YANDEXGPT_API_KEY" => "yandexgpt"."api_key": Str,
     "YANDEXGPT_IAM_TOKEN" => "yandexgpt"."iam_token": Str,
     "YANDEXGPT_FOLDER_ID" => "yandexgpt"."folder_id": Str,
@@ -101,6 +103,7 @@ settings! {
     "YANDEXGPT_MODEL_QUALITY" => "yandexgpt"."model_quality": Str,
     "YANDEXGPT_BASE_URL" => "yandexgpt"."base_url": Str,
     "YANDEXGPT_MAX_CONCURRENCY" => "yandexgpt"."max_concurrency": Int,
+    "YANDEXGPT_KOPECKS_PER_1K_TOKENS" => "yandexgpt"."kopecks_per_1k_tokens": Int,
     "FUSIONBRAIN_API_KEY" => "fusionbrain"."api_key": Str,
     "FUSIONBRAIN_SECRET_KEY" => "fusionbrain"."secret_key": Str,
     "FUSIONBRAIN_POLL_MS" => "fusionbrain"."poll_ms": Int,
@@ -461,6 +464,9 @@ pub struct OpenAi {
     pub proxy_url: Option<Secret>,
     pub base_url: String,
     pub max_concurrency: u32,
+    /// The provider's price in kopecks per 1,000 tokens (input and output alike), used only
+    /// by the admin's cost report; 0 = unknown.
+    pub kopecks_per_1k_tokens: i64,
 }
 
 impl Default for OpenAi {
@@ -471,6 +477,7 @@ impl Default for OpenAi {
             proxy_url: None,
             base_url: "https://api.openai.com/v1".into(),
             max_concurrency: 16,
+            kopecks_per_1k_tokens: 100,
         }
     }
 }
@@ -489,6 +496,9 @@ pub struct GigaChat {
     pub auth_url: String,
     pub base_url: String,
     pub max_concurrency: u32,
+    /// The provider's price in kopecks per 1,000 tokens (input and output alike), used only
+    /// by the admin's cost report; 0 = unknown.
+    pub kopecks_per_1k_tokens: i64,
 }
 
 impl Default for GigaChat {
@@ -502,6 +512,7 @@ impl Default for GigaChat {
             auth_url: "https://ngw.devices.sberbank.ru:9443/api/v2/oauth".into(),
             base_url: "https://gigachat.devices.sberbank.ru/api/v1".into(),
             max_concurrency: 1,
+            kopecks_per_1k_tokens: 150,
         }
     }
 }
@@ -519,6 +530,9 @@ pub struct YandexGpt {
     pub model_quality: String,
     pub base_url: String,
     pub max_concurrency: u32,
+    /// The provider's price in kopecks per 1,000 tokens (input and output alike), used only
+    /// by the admin's cost report; 0 = unknown.
+    pub kopecks_per_1k_tokens: i64,
 }
 
 impl Default for YandexGpt {
@@ -531,6 +545,7 @@ impl Default for YandexGpt {
             model_quality: "yandexgpt".into(),
             base_url: "https://llm.api.cloud.yandex.net/foundationModels/v1".into(),
             max_concurrency: 10,
+            kopecks_per_1k_tokens: 40,
         }
     }
 }
@@ -883,6 +898,19 @@ impl Config {
         }
         if self.payments.raits_per_rub <= 0 {
             return Err(invalid("payments", "raits_per_rub", "must be positive"));
+        }
+        for (section, price) in [
+            ("openai", self.openai.kopecks_per_1k_tokens),
+            ("gigachat", self.gigachat.kopecks_per_1k_tokens),
+            ("yandexgpt", self.yandexgpt.kopecks_per_1k_tokens),
+        ] {
+            if price < 0 {
+                return Err(invalid(
+                    section,
+                    "kopecks_per_1k_tokens",
+                    "must not be negative (0 = unknown)",
+                ));
+            }
         }
         for (section, client) in [("google", &self.google), ("yandex", &self.yandex)] {
             let urls = [
@@ -1239,6 +1267,47 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("[yandex] token_url"), "{err}");
+    }
+
+    #[test]
+    fn token_prices_default_to_estimates_and_refuse_negatives() {
+        let c = Config::load(&Flags::default(), &env(&[])).unwrap().config;
+        assert_eq!(
+            (
+                c.openai.kopecks_per_1k_tokens,
+                c.gigachat.kopecks_per_1k_tokens,
+                c.yandexgpt.kopecks_per_1k_tokens
+            ),
+            (100, 150, 40)
+        );
+        let loaded = Config::load(
+            &Flags::default(),
+            &env(&[
+                ("OPENAI_KOPECKS_PER_1K_TOKENS", "250"),
+                ("YANDEXGPT_KOPECKS_PER_1K_TOKENS", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.config.openai.kopecks_per_1k_tokens, 250);
+        assert_eq!(loaded.config.yandexgpt.kopecks_per_1k_tokens, 0, "unknown");
+        assert_eq!(loaded.sources["OPENAI_KOPECKS_PER_1K_TOKENS"], Source::Env);
+        for name in [
+            "OPENAI_KOPECKS_PER_1K_TOKENS",
+            "GIGACHAT_KOPECKS_PER_1K_TOKENS",
+            "YANDEXGPT_KOPECKS_PER_1K_TOKENS",
+        ] {
+            let err = Config::load(&Flags::default(), &env(&[(name, "-1")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("kopecks_per_1k_tokens"), "{name}: {err}");
+        }
+        let file = write("[gigachat]\nkopecks_per_1k_tokens = -5\n");
+        let flags = Flags {
+            config: Some(file.path().to_owned()),
+            bind: None,
+        };
+        let err = Config::load(&flags, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("[gigachat] kopecks_per_1k_tokens"), "{err}");
     }
 
     #[test]

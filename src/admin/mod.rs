@@ -11,6 +11,7 @@ mod login;
 pub mod session;
 mod sites;
 mod system;
+mod tools;
 mod users;
 mod view;
 
@@ -42,6 +43,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/sites", get(sites::sites))
         .route("/admin/sites/{id}/rotate", post(sites::rotate_site))
         .route("/admin/articles", get(lists::articles))
+        .route("/admin/tools", get(tools::page))
         .route("/admin/providers", get(system::providers))
         .route("/admin/providers/check", post(system::check_providers))
         .route("/admin/settings", get(system::settings))

@@ -1,6 +1,7 @@
 //! The admin UI's lists and service pages over HTTP: generation sessions, images, payments,
 //! the webhook log, the ledger, WordPress sites (with the password rotation) and articles,
-//! providers (with the check), settings (secrets masked) and the database backup.
+//! providers (with the check), settings (secrets masked), the database backup, and the tools
+//! report (revenue against estimated provider cost).
 
 use std::path::Path;
 
@@ -196,6 +197,7 @@ async fn the_lists_need_an_admin_session() {
         "/admin/transactions",
         "/admin/sites",
         "/admin/articles",
+        "/admin/tools",
         "/admin/providers",
         "/admin/settings",
     ] {
@@ -801,4 +803,166 @@ async fn settings_mask_secrets_and_a_backup_downloads() {
     let (status, _) = admin.get("/admin/sessions").await;
     assert_eq!(status, 200);
     assert!(Path::new(&app.database_path()).exists());
+}
+
+/// The text of each cell of the table row that starts with `first`, tags removed.
+fn row_cells(html: &str, first: &str) -> Vec<String> {
+    let at = html
+        .find(first)
+        .unwrap_or_else(|| panic!("no row for {first}"));
+    let start = html[..at].rfind("<tr>").expect("row start");
+    let end = at + html[at..].find("</tr>").expect("row end");
+    html[start..end]
+        .split("<td")
+        .flat_map(|part| part.split("<th"))
+        .skip(1)
+        .map(|cell| {
+            let mut text = String::new();
+            let mut in_tag = true;
+            for c in cell.chars() {
+                match c {
+                    '<' => in_tag = true,
+                    '>' => in_tag = false,
+                    _ if !in_tag => text.push(c),
+                    _ => {}
+                }
+            }
+            text.trim().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_tools_report_sets_revenue_against_provider_cost() {
+    use serde_json::{Value, json};
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, ResponseTemplate};
+
+    let app = builder()
+        .env("EASY_WRITER_COOKIE_SECURE", "false")
+        .upstream("OPENAI_BASE_URL")
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("EASY_WRITER_PROVIDER_ORDER", "openai")
+        .env("OPENAI_KOPECKS_PER_1K_TOKENS", 250)
+        .env("EASY_WRITER_RETRY_BASE_MS", 5)
+        .spawn()
+        .await;
+    let openai = &app.upstreams["OPENAI_BASE_URL"];
+    // A text the provider refuses (400: no retry, no other provider) fails the run.
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .and(body_string_contains("refuse-this-text"))
+        .respond_with(ResponseTemplate::new(400).set_body_string(
+            r#"{"error":{"message":"bad request","type":"invalid_request_error"}}"#,
+        ))
+        .with_priority(1)
+        .expect(1)
+        .mount(openai)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            r#"{"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Исправлено."},"finish_reason":"stop"}],"usage":{"prompt_tokens":1500,"completion_tokens":500,"total_tokens":2000}}"#,
+        ))
+        .expect(2)
+        .mount(openai)
+        .await;
+
+    let admin = Browser::sign_in(&app).await;
+    let (status, empty) = admin.get("/admin/tools").await;
+    assert_eq!(status, 200);
+    assert!(empty.contains("За этот период запусков не было"), "{empty}");
+    assert!(empty.contains("aria-current=\"page\">Инструменты</a>"));
+
+    let writer = app.register(&email("writer")).await;
+    app.topup(&writer.user_id, 100).await;
+    let mut price = 0;
+    for text in ["Превет, как дела?", "Исчо адин текст"] {
+        let response = app
+            .post_authed(
+                "/api/v1/tools/spell_check/execute",
+                &writer.access_token,
+                &json!({"input": {"text": text}}),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let session: Value = response.json().await.expect("session");
+        assert_eq!(session["tokens_used"], 2000);
+        price = session["cost_raits"].as_i64().expect("price");
+    }
+    let refused = app
+        .post_authed(
+            "/api/v1/tools/spell_check/execute",
+            &writer.access_token,
+            &json!({"input": {"text": "refuse-this-text"}}),
+        )
+        .await;
+    assert!(!refused.status().is_success(), "{}", refused.status());
+
+    let (status, html) = admin.get("/admin/tools?days=30").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("<strong aria-current=\"page\">30 дней</strong>"));
+    let cells = row_cells(&html, "<code>spell_check</code>");
+    let revenue = 2 * price;
+    // 10 raits = 1 ₽; 4,000 tokens at 2.50 ₽ per 1,000 = 10.00 ₽.
+    let revenue_kopecks = revenue * 10;
+    let margin = revenue_kopecks - 1000;
+    let rub = |k: i64| {
+        format!(
+            "{}{}.{:02}",
+            if k < 0 { "-" } else { "" },
+            k.abs() / 100,
+            k.abs() % 100
+        )
+    };
+    assert_eq!(
+        cells[1..],
+        [
+            "2".to_owned(),
+            "1".to_owned(),
+            "4000".to_owned(),
+            revenue.to_string(),
+            rub(revenue_kopecks),
+            "10.00".to_owned(),
+            rub(margin),
+            format!("{price}.0"),
+            "2000".to_owned(),
+        ],
+        "{cells:?}"
+    );
+    assert!(cells[0].contains("spell_check"), "{cells:?}");
+    assert!(
+        html.contains(&format!("<span class=\"bad\">{}</span>", rub(margin))) == (margin < 0),
+        "a loss is red"
+    );
+    let total = row_cells(&html, "Итого");
+    assert_eq!(total[1..4], ["2", "1", "4000"]);
+    let openai_row = row_cells(&html, "<td>openai</td>");
+    // The refused run counts against the provider that refused it; it used no tokens.
+    assert_eq!(
+        openai_row[1..],
+        ["3", "4000", "2.50", "10.00"],
+        "{openai_row:?}"
+    );
+
+    // Any other period asked for is the default one, never an error.
+    for query in ["days=abc", "days=31", "days=", "days=7&days=x"] {
+        let (status, html) = admin.get(&format!("/admin/tools?{query}")).await;
+        assert_eq!(status, 200, "{query}");
+        assert!(html.contains("<code>spell_check</code>"), "{query}");
+    }
+    let (_, week) = admin.get("/admin/tools?days=7").await;
+    assert!(week.contains("<strong aria-current=\"page\">7 дней</strong>"));
+    assert_eq!(row_cells(&week, "<code>spell_check</code>")[3], "4000");
+
+    // A signed-in user who is not an admin gets the sign-in page, as everywhere in /admin.
+    let response = app
+        .client
+        .get(app.url("/admin/tools"))
+        .bearer_auth(&writer.access_token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/admin/login");
 }
