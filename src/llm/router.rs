@@ -181,6 +181,18 @@ impl LlmRouter {
         self.slots.is_empty()
     }
 
+    /// Whether some configured provider has a model of at least `tier` (for standard-quality
+    /// work, which is what a pro tool asks for).
+    pub fn serves(&self, tier: super::Tier) -> bool {
+        let probe = ChatRequest {
+            quality: super::Quality::Standard,
+            ..Default::default()
+        };
+        self.slots
+            .values()
+            .any(|slot| super::Tier::of_model(&slot.provider.model_for(&probe)) >= tier)
+    }
+
     /// Configured providers, in fallback order.
     pub fn configured(&self) -> Vec<ProviderId> {
         self.plan(None)

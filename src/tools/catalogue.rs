@@ -555,6 +555,22 @@ fn parse_tool(tab: &'static str, id: &str, text: &str) -> Result<Tool, Vec<Strin
         }
     };
     check(&mut problems, &file.user_template, "user_template", &[]);
+    // System prompts are sent as written; a placeholder there would reach the model raw.
+    let systems = std::iter::once(("system_prompt".to_owned(), &file.system_prompt)).chain(
+        file.steps.iter().enumerate().map(|(i, s)| {
+            (
+                format!("steps[{i}] ({}) system_prompt", s.name),
+                &s.system_prompt,
+            )
+        }),
+    );
+    for (where_, text) in systems {
+        if let Some(name) = render::placeholders(text).into_iter().next() {
+            problems.push(format!(
+                "{where_}: {{{name}}} is not filled in system prompts; put it in the user template"
+            ));
+        }
+    }
     for (i, step) in file.steps.iter().enumerate() {
         let editing_parts = step.per_section && i > 0 && file.steps[i - 1].per_section;
         let extra: &[&str] = match (step.per_section, editing_parts) {

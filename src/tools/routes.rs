@@ -215,6 +215,13 @@ async fn execute(
             "No AI provider for this tool is configured on this server",
         ));
     }
+    if needs_text && !state.llm.serves(tool.min_tier) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "providers_unavailable",
+            "This tool needs a pro model, and only lite models are configured on this server",
+        ));
+    }
     if tool.id == "image_upscale" {
         upscalable(&state, &current.user.id, &body.input).await?;
     }

@@ -300,7 +300,7 @@ async fn a_standard_run_is_watched_step_by_step_and_charged_its_standard_price()
 }
 
 #[tokio::test]
-async fn a_per_section_step_writes_one_part_per_plan_line() {
+async fn a_per_section_step_writes_one_part_per_plan_line_and_the_next_edits_each_part() {
     let fake = FakeLlm::start().await;
     fake.then(Reply::text(&["Анализ темы."]))
         .then(Reply::text(&[
@@ -309,8 +309,13 @@ async fn a_per_section_step_writes_one_part_per_plan_line() {
         .then(Reply::text(&["Часть 1."]))
         .then(Reply::text(&["Часть 2."]))
         .then(Reply::text(&["Часть 3."]))
-        .then(Reply::text(&["Итоговый реферат."]));
-    let (app, user) = app_with(&fake, 100, &[]).await;
+        .then(Reply::text(&["Часть 1, правка."]))
+        .then(Reply::text(&["Часть 2, правка."]))
+        .then(Reply::text(&["Часть 3, правка."]))
+        .then(Reply::text(&[
+            "Часть 3 — длиннее и подробнее, с примерами.",
+        ]));
+    let (app, user) = app_with(&fake, 200, &[]).await;
     let response = app
         .post_authed(
             "/api/v1/tools/abstract/execute",
@@ -327,15 +332,30 @@ async fn a_per_section_step_writes_one_part_per_plan_line() {
     let id = body["session_id"].as_str().unwrap();
     let s = settled(&app, &user, id).await;
     assert_eq!(s["status"], "completed", "{s}");
-    assert_eq!(s["result"], "Итоговый реферат.");
-    assert_eq!(fake.requests().len(), 6);
+    let result = s["result"].as_str().unwrap();
+    assert!(
+        result.contains("**РЕФЕРАТ**\n\nпо дисциплине «История»"),
+        "{result}"
+    );
+    assert!(
+        result.ends_with(
+            "# Реформы Петра I\n\nЧасть 1, правка.\n\nЧасть 2, правка.\n\n\
+             Часть 3 — длиннее и подробнее, с примерами."
+        ),
+        "{result}"
+    );
+    assert_eq!(fake.requests().len(), 9, "3 writes, 3 edits, 1 top-up");
     assert!(fake.user_message(2).contains("1. Введение"));
     assert!(fake.user_message(3).contains("2. Основная часть"));
     assert!(fake.user_message(4).contains("3. Заключение"));
+    assert!(fake.user_message(5).trim_end().ends_with("Часть 1."));
     assert!(
-        fake.user_message(5)
-            .contains("Часть 1.\n\nЧасть 2.\n\nЧасть 3.")
+        fake.user_message(6)
+            .contains("Конец предыдущей части:\nЧасть 1, правка.")
     );
+    assert!(fake.user_message(8).contains("Часть: 3. Заключение"));
+    // The default 10 pages: the base 5 and 5 more at 20.
+    assert_eq!(s["cost_raits"], 150);
     assert_eq!(app.balance_and_ledger_sum(&user.user_id), (50, 50));
 
     let mut late = Watcher::generation(&app, id, &user).await;

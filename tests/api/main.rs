@@ -17,6 +17,7 @@ mod http;
 mod image_providers;
 mod images;
 mod jobs;
+mod longform;
 mod mail;
 mod oauth;
 mod openai;

@@ -14,7 +14,9 @@ use crate::fake_llm::{FakeLlm, Reply};
 use crate::helpers::{PASSWORD, ServerProcess, TestApp, builder, email, expect_error};
 
 /// `seo_article`'s standard price.
-const ARTICLE_COST: i64 = 150;
+/// A medium article (1,500 words): `seo_article`'s standard 150 for 500 words and 12 for each
+/// 100 words beyond.
+const ARTICLE_COST: i64 = 270;
 
 /// What the fake writes for one article: the note, a one-line plan, the section, and the
 /// edited article (the pipeline's result).
@@ -274,6 +276,7 @@ async fn an_owner_pays_the_standard_price_and_is_refunded_when_generation_fails(
     assert_eq!(ledger_for(&app, &id), vec![("spend".into(), -ARTICLE_COST)]);
 
     // Failed: every attempt at the only provider answers 500 → refunded.
+    app.topup(&owner.user_id, ARTICLE_COST).await;
     for _ in 0..3 {
         fake.then(Reply::Status(500));
     }
@@ -292,10 +295,7 @@ async fn an_owner_pays_the_standard_price_and_is_refunded_when_generation_fails(
             ("refund".into(), ARTICLE_COST)
         ]
     );
-    assert_eq!(
-        app.balance_and_ledger_sum(&owner.user_id),
-        (300 - ARTICLE_COST, 300 - ARTICLE_COST)
-    );
+    assert_eq!(app.balance_and_ledger_sum(&owner.user_id), (300, 300));
     let me: Value = app
         .get_authed("/api/v1/user/transactions", &owner.access_token)
         .await
@@ -867,7 +867,7 @@ async fn after_kill_9_a_running_article_is_refunded_and_a_queued_one_written() {
         .success()
     );
     assert!(
-        run(d, &["user", "topup", "--email", &owner, "--raits", "400"])
+        run(d, &["user", "topup", "--email", &owner, "--raits", "600"])
             .status
             .success()
     );
@@ -953,7 +953,7 @@ async fn after_kill_9_a_running_article_is_refunded_and_a_queued_one_written() {
         .unwrap();
     assert_eq!(
         (balance, sum),
-        (400 - ARTICLE_COST, 400 - ARTICLE_COST),
+        (600 - ARTICLE_COST, 600 - ARTICLE_COST),
         "one refunded, one paid"
     );
 }
