@@ -391,7 +391,7 @@ async fn refused_content_and_bad_requests_do_not_open_the_breaker() {
         .and(path("/chat/completions"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "model": "gpt-4o",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Привет."}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": r#"{"text": "Привет.", "edits": []}"#}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
         })))
         .mount(fake)

@@ -952,7 +952,8 @@ async fn a_queued_job_whose_tool_lost_standard_mode_across_a_restart_is_refunded
             "supports_modes: [quick, standard]",
             "supports_modes: [quick]",
         )
-        .replace("costs: {quick: 5, standard: 15}", "costs: {quick: 5}");
+        .replace("costs: {quick: 5, standard: 15}", "costs: {quick: 5}")
+        .replace("rates: {quick: 2, standard: 6}", "rates: {quick: 2}");
     std::fs::write(&file, format!("{quick_only}\n")).unwrap();
 
     let app = builder()

@@ -9,7 +9,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{Session, TestApp, builder, email, expect_error};
 
-const ANSWER: &str = r#"{"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Исправленный текст."},"finish_reason":"stop"}],"usage":{"prompt_tokens":40,"completion_tokens":5,"total_tokens":45}}"#;
+const ANSWER: &str = r#"{"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"{\"text\":\"Исправленный текст.\",\"edits\":[{\"from\":\"Превет\",\"to\":\"Привет\",\"reason\":\"орфография\"}]}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":40,"completion_tokens":5,"total_tokens":45}}"#;
 
 /// A server whose only provider is a fake OpenAI; and a user holding `raits`.
 async fn app_with_user(raits: i64) -> (TestApp, Session) {
@@ -83,7 +83,7 @@ async fn tabs_tools_and_schemas_are_listed_for_signed_in_users() {
     assert_eq!(first["id"], "spell_check");
     assert_eq!(first["estimated_cost"], 5);
     assert_eq!(first["costs"]["quick"], 5);
-    assert_eq!(first["output_format"], "text");
+    assert_eq!(first["output_format"], "json");
     for key in ["name", "description", "icon", "supports_modes"] {
         assert!(first.get(key).is_some(), "{key}");
     }
@@ -152,7 +152,8 @@ async fn a_quick_run_charges_once_saves_the_session_and_answers_it() {
     assert_eq!(response.status(), 200);
     let session: Value = response.json().await.unwrap();
     assert_eq!(session["status"], "completed");
-    assert_eq!(session["result"], "Исправленный текст.");
+    assert_eq!(session["result"]["text"], "Исправленный текст.");
+    assert_eq!(session["result"]["edits"][0]["to"], "Привет");
     assert_eq!(session["provider_used"], "openai");
     assert_eq!(session["tokens_used"], 45);
     assert_eq!(session["cost_raits"], 5);
