@@ -880,7 +880,7 @@ async fn the_tools_report_sets_revenue_against_provider_cost() {
     for text in ["Превет, как дела?", "Исчо адин текст"] {
         let response = app
             .post_authed(
-                "/api/v1/tools/spell_check/execute",
+                "/api/v1/tools/simplify/execute",
                 &writer.access_token,
                 &json!({"input": {"text": text}}),
             )
@@ -892,7 +892,7 @@ async fn the_tools_report_sets_revenue_against_provider_cost() {
     }
     let refused = app
         .post_authed(
-            "/api/v1/tools/spell_check/execute",
+            "/api/v1/tools/simplify/execute",
             &writer.access_token,
             &json!({"input": {"text": "refuse-this-text"}}),
         )
@@ -902,7 +902,7 @@ async fn the_tools_report_sets_revenue_against_provider_cost() {
     let (status, html) = admin.get("/admin/tools?days=30").await;
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("<strong aria-current=\"page\">30 дней</strong>"));
-    let cells = row_cells(&html, "<code>spell_check</code>");
+    let cells = row_cells(&html, "<code>simplify</code>");
     let revenue = 2 * price;
     // 10 raits = 1 ₽; 4,000 tokens at 2.50 ₽ per 1,000 = 10.00 ₽.
     let revenue_kopecks = revenue * 10;
@@ -930,7 +930,7 @@ async fn the_tools_report_sets_revenue_against_provider_cost() {
         ],
         "{cells:?}"
     );
-    assert!(cells[0].contains("spell_check"), "{cells:?}");
+    assert!(cells[0].contains("simplify"), "{cells:?}");
     assert!(
         html.contains(&format!("<span class=\"bad\">{}</span>", rub(margin))) == (margin < 0),
         "a loss is red"
@@ -949,11 +949,11 @@ async fn the_tools_report_sets_revenue_against_provider_cost() {
     for query in ["days=abc", "days=31", "days=", "days=7&days=x"] {
         let (status, html) = admin.get(&format!("/admin/tools?{query}")).await;
         assert_eq!(status, 200, "{query}");
-        assert!(html.contains("<code>spell_check</code>"), "{query}");
+        assert!(html.contains("<code>simplify</code>"), "{query}");
     }
     let (_, week) = admin.get("/admin/tools?days=7").await;
     assert!(week.contains("<strong aria-current=\"page\">7 дней</strong>"));
-    assert_eq!(row_cells(&week, "<code>spell_check</code>")[3], "4000");
+    assert_eq!(row_cells(&week, "<code>simplify</code>")[3], "4000");
 
     // A signed-in user who is not an admin gets the sign-in page, as everywhere in /admin.
     let response = app
