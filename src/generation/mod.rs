@@ -4,6 +4,7 @@
 //! A session that was charged ends `completed`, or `failed` with a `refund` ledger row of the
 //! same amount written in the same transaction (ARCHITECTURE.md, "Invariants").
 
+pub mod export;
 pub mod pipeline;
 pub mod routes;
 pub mod run;
