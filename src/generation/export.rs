@@ -251,11 +251,9 @@ impl Plain {
 
     fn end(&mut self, tag: TagEnd) {
         match tag {
-            TagEnd::Paragraph => {
-                if self.lists.is_empty() {
-                    self.flush();
-                    self.gap = true;
-                }
+            TagEnd::Paragraph if self.lists.is_empty() => {
+                self.flush();
+                self.gap = true;
             }
             TagEnd::Heading(_) | TagEnd::BlockQuote(_) | TagEnd::Table => {
                 self.flush();
@@ -352,6 +350,9 @@ const ONE_AND_HALF: i32 = 360;
 const BODY_SIZE: usize = 28;
 const FONT: &str = "Times New Roman";
 const MONO: &str = "Courier New";
+/// The body text's style. docx-rs always writes an empty `Normal` of its own, so the body's
+/// layout (justified, first-line indent) lives in a style based on it.
+const BODY: &str = "BodyText";
 const BULLETS: usize = 2;
 const DECIMALS: usize = 3;
 
@@ -420,8 +421,8 @@ pub fn docx(document: &Document<'_>) -> anyhow::Result<Vec<u8>> {
     }
     for block in body.blocks {
         doc = match block {
-            Block::Paragraph(p) => doc.add_paragraph(p),
-            Block::Table(t) => doc.add_table(t),
+            Block::Paragraph(p) => doc.add_paragraph(*p),
+            Block::Table(t) => doc.add_table(*t),
         };
     }
     let title = body
@@ -461,31 +462,28 @@ fn xml_escape(text: &str) -> String {
     out
 }
 
-/// Normal (justified, first-line indent), Heading1–3 (named as Word's built-ins, with outline
+/// Body Text (justified, first-line indent), Heading1–3 (named as Word's built-ins, with outline
 /// levels, so the navigation pane lists them), Code, and Table text.
 fn styles() -> Vec<Style> {
     let heading = |level: usize, size: usize, align: AlignmentType| {
         Style::new(format!("Heading{level}"), StyleType::Paragraph)
             .name(format!("heading {level}"))
             .based_on("Normal")
-            .next("Normal")
+            .next(BODY)
             .q_format(true)
             .bold()
             .size(size)
             .fonts(fonts(FONT))
             .align(align)
             .indent(Some(0), Some(SpecialIndentType::FirstLine(0)), None, None)
-            .line_spacing(
-                LineSpacing::new()
-                    .line(ONE_AND_HALF)
-                    .before(240)
-                    .after(120),
-            )
+            .line_spacing(LineSpacing::new().line(ONE_AND_HALF).before(240).after(120))
             .outline_lvl(level - 1)
     };
     vec![
-        Style::new("Normal", StyleType::Paragraph)
-            .name("Normal")
+        Style::new(BODY, StyleType::Paragraph)
+            .name("Body Text")
+            .based_on("Normal")
+            .next(BODY)
             .q_format(true)
             .fonts(fonts(FONT))
             .size(BODY_SIZE)
@@ -548,8 +546,8 @@ fn levels(id: usize) -> AbstractNumbering {
 }
 
 enum Block {
-    Paragraph(Paragraph),
-    Table(Table),
+    Paragraph(Box<Paragraph>),
+    Table(Box<Table>),
 }
 
 /// Runs the body's Markdown events into Word paragraphs and tables.
@@ -590,11 +588,11 @@ impl Body {
             Event::Text(text) if self.code => {
                 for line in text.lines() {
                     self.close_paragraph();
-                    self.blocks.push(Block::Paragraph(
+                    self.blocks.push(Block::Paragraph(Box::new(
                         Paragraph::new()
                             .style("Code")
                             .add_run(Run::new().add_text(line)),
-                    ));
+                    )));
                 }
             }
             Event::Text(text) | Event::InlineHtml(text) | Event::Html(text) => {
@@ -607,7 +605,7 @@ impl Body {
             Event::TaskListMarker(done) => self.text(if done { "☒ " } else { "☐ " }, false),
             Event::Rule => {
                 self.close_paragraph();
-                self.blocks.push(Block::Paragraph(Paragraph::new()));
+                self.blocks.push(Block::Paragraph(Box::default()));
             }
             Event::FootnoteReference(text) => self.text(&format!("[{text}]"), false),
         }
@@ -617,7 +615,11 @@ impl Body {
         match tag {
             Tag::Paragraph => {
                 // A loose list item's paragraph continues the item's numbered paragraph.
-                if self.paragraph.as_ref().is_some_and(|p| !p.children.is_empty()) {
+                if self
+                    .paragraph
+                    .as_ref()
+                    .is_some_and(|p| !p.children.is_empty())
+                {
                     self.close_paragraph();
                 }
                 if self.paragraph.is_none() {
@@ -661,7 +663,7 @@ impl Body {
                     let level = self.lists.len() - 1;
                     self.open(
                         Paragraph::new()
-                            .style("Normal")
+                            .style(BODY)
                             .numbering(NumberingId::new(id), IndentLevel::new(level)),
                     );
                 }
@@ -734,13 +736,13 @@ impl Body {
             TagEnd::Table => {
                 if let Some(table) = self.table.take() {
                     let width = TEXT_WIDTH / table.columns;
-                    self.blocks.push(Block::Table(
+                    self.blocks.push(Block::Table(Box::new(
                         Table::new(table.rows)
                             .set_grid(vec![width; table.columns])
                             .width(TEXT_WIDTH, WidthType::Dxa),
-                    ));
+                    )));
                     // Word runs two adjacent tables together; a paragraph keeps them apart.
-                    self.blocks.push(Block::Paragraph(Paragraph::new()));
+                    self.blocks.push(Block::Paragraph(Box::default()));
                 }
             }
             TagEnd::Emphasis => self.italic = self.italic.saturating_sub(1),
@@ -774,10 +776,10 @@ impl Body {
     fn body_paragraph(&self) -> Paragraph {
         if self.quote > 0 {
             Paragraph::new()
-                .style("Normal")
+                .style(BODY)
                 .indent(Some(FIRST_LINE * self.quote), None, None, None)
         } else {
-            Paragraph::new().style("Normal")
+            Paragraph::new().style(BODY)
         }
     }
 
@@ -794,7 +796,7 @@ impl Body {
 
     fn close_paragraph(&mut self) {
         if let Some(paragraph) = self.paragraph.take() {
-            self.blocks.push(Block::Paragraph(paragraph));
+            self.blocks.push(Block::Paragraph(Box::new(paragraph)));
         }
     }
 
@@ -853,12 +855,12 @@ pub fn title_page(document: &Document<'_>) -> Vec<Paragraph> {
     let input = document.input;
     let centred = |text: &str| {
         Paragraph::new()
-            .style("Normal")
+            .style(BODY)
             .align(AlignmentType::Center)
             .indent(Some(0), Some(SpecialIndentType::FirstLine(0)), None, None)
             .add_run(Run::new().add_text(text))
     };
-    let blank = || Paragraph::new().style("Normal");
+    let blank = || Paragraph::new().style(BODY);
     let mut page = vec![centred(
         field(input, "university").unwrap_or("[Учебное заведение]"),
     )];
@@ -873,7 +875,7 @@ pub fn title_page(document: &Document<'_>) -> Vec<Paragraph> {
     };
     page.push(
         Paragraph::new()
-            .style("Normal")
+            .style(BODY)
             .align(AlignmentType::Center)
             .indent(Some(0), Some(SpecialIndentType::FirstLine(0)), None, None)
             .add_run(Run::new().add_text(kind).bold().size(32)),
@@ -899,7 +901,7 @@ pub fn title_page(document: &Document<'_>) -> Vec<Paragraph> {
     );
     let right = |text: &str| {
         Paragraph::new()
-            .style("Normal")
+            .style(BODY)
             .align(AlignmentType::Right)
             .indent(Some(0), Some(SpecialIndentType::FirstLine(0)), None, None)
             .add_run(Run::new().add_text(text))
@@ -1053,8 +1055,45 @@ mod tests {
                   и [плохая](javascript:alert) [кириллица](https://пример.рф).\n\n\
                   > цитата\n\n| a | b |\n|---|---|\n| 1 |\n\n---\n\n```\ncode\n```\n";
         let bytes = docx(&document("notes", md, &input)).unwrap();
-        assert_eq!(&bytes[..2], b"PK");
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        let mut part = |name: &str| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut archive.by_name(name).unwrap(), &mut text).unwrap();
+            text
+        };
+        let rels = part("word/_rels/document.xml.rels");
+        assert!(rels.contains("https://example.com/a?b=1&amp;c=2"), "{rels}");
+        assert!(!rels.contains("javascript") && !rels.contains("пример"));
+        let xml = part("word/document.xml");
+        assert!(xml.contains("<w:hyperlink "));
+        assert!(xml.contains(" (javascript:alert)") && xml.contains(" (https://пример.рф)"));
+        assert!(xml.contains("Заголовок &amp; "));
+        assert!(xml.contains(r#"<w:pStyle w:val="Code" />"#));
+        assert!(
+            xml.contains(r#"<w:ind w:left="709""#),
+            "the quote is indented"
+        );
         let core = core_properties("Заголовок & <тест>", "2026-03-05T10:00:00Z");
         assert!(core.contains("<dc:title>Заголовок &amp; &lt;тест&gt;</dc:title>"));
+    }
+
+    #[test]
+    fn an_academic_docx_replaces_the_title_block_with_its_title_page() {
+        let input = json!({"topic": "Тема", "student": "Иванов И. И."});
+        let md = "**[Учебное заведение]**\n\nСтудент: [ФИО]\n\n---\n\n# Тема\n\n\
+                  ## Содержание\n\n1. Введение\n\n## Введение\n\nТекст.\n";
+        let bytes = docx(&document("abstract", md, &input)).unwrap();
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        let mut xml = String::new();
+        std::io::Read::read_to_string(&mut archive.by_name("word/document.xml").unwrap(), &mut xml)
+            .unwrap();
+        assert!(
+            !xml.contains("Студент: [ФИО]"),
+            "the server's block is gone"
+        );
+        assert!(xml.contains("Выполнил(а): Иванов И. И."));
+        assert!(xml.contains("<w:titlePg />"));
+        let page_break = xml.find(r#"<w:br w:type="page" />"#).unwrap();
+        assert!(page_break < xml.find(">Содержание<").unwrap());
     }
 }

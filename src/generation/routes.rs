@@ -119,21 +119,29 @@ struct ExportQuery {
     format: Option<String>,
 }
 
+/// The file's bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // Documents the answer; never built.
+struct ExportFile(Vec<u8>);
+
 fn formats() -> utoipa::openapi::Object {
     crate::openapi::one_of(Format::ALL.map(Format::as_str))
 }
 
-/// One of the caller's completed sessions as a file to download: a Word document laid out
-/// after ГОСТ 7.32 (a title page for `abstract`, `report` and `essay_academic`), the Markdown as
-/// stored, or plain text. Another user's session is a 404; a picture has no text to export.
+/// One of the caller's completed sessions as a file to download.
+///
+/// A Word document laid out after ГОСТ 7.32 (a title page from the form for `abstract`, `report`
+/// and `essay_academic`), the Markdown as stored, or plain text. Another user's session is a
+/// 404; a picture has no text to export.
 #[utoipa::path(get, path = "/generation/sessions/{id}/export", tag = "generation",
     security(("bearer" = [])),
     params(("id" = String, Path), ExportQuery),
     responses(
         (status = 200, description = "The file (`Content-Disposition: attachment`)",
             content(
-                ("application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
-                ("text/markdown"), ("text/plain"))),
+                (ExportFile = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+                (ExportFile = "text/markdown"), (ExportFile = "text/plain"))),
         (status = 404, body = ErrorBody),
         (status = 409, description = "`not_completed`: the session has no result yet or failed; \
             `not_exportable`: its result is a picture", body = ErrorBody),
@@ -196,14 +204,22 @@ async fn export_session(
     .await
     .map_err(|e| ApiError::internal(&e))?
     .map_err(|e| ApiError::internal(&e))?;
-    let disposition =
-        HeaderValue::from_str(&disposition).map_err(|e| ApiError::internal(&e))?;
+    let disposition = HeaderValue::from_str(&disposition).map_err(|e| ApiError::internal(&e))?;
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static(format.content_type())),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            ),
             (header::CONTENT_DISPOSITION, disposition),
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-            (header::CACHE_CONTROL, HeaderValue::from_static("private, no-store")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            ),
         ],
         bytes,
     )
