@@ -368,16 +368,21 @@ fn fonts(name: &str) -> RunFonts {
 /// the body.
 pub fn docx(document: &Document<'_>) -> anyhow::Result<Vec<u8>> {
     let academic = is_academic(document.tool_id);
+    let markdown = xml_safe(document.markdown);
     let markdown = if academic {
-        without_title_block(document.markdown)
+        without_title_block(&markdown)
     } else {
-        document.markdown
+        &markdown
     };
     let mut body = Body::default();
     for event in Parser::new_ext(markdown, options()) {
         body.event(event);
     }
     body.close_paragraph();
+    if body.blocks.is_empty() {
+        // Word wants at least one paragraph in a body.
+        body.blocks.push(Block::Paragraph(Box::default()));
+    }
 
     let page_number = Paragraph::new().align(AlignmentType::Center).add_run(
         Run::new()
@@ -446,6 +451,16 @@ fn core_properties(title: &str, created_at: &str) -> String {
     )
 }
 
+/// Whether XML 1.0 can carry `c` at all (a model's output may hold stray control characters,
+/// and Word refuses a document with one).
+fn xml_char(c: char) -> bool {
+    ((c as u32) >= 0x20 || matches!(c, '\t' | '\n' | '\r')) && !matches!(c, '\u{FFFE}' | '\u{FFFF}')
+}
+
+fn xml_safe(text: &str) -> String {
+    text.chars().filter(|&c| xml_char(c)).collect()
+}
+
 fn xml_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -454,8 +469,7 @@ fn xml_escape(text: &str) -> String {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
-            // Characters XML 1.0 cannot carry at all.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
+            c if !xml_char(c) => {}
             c => out.push(c),
         }
     }
@@ -841,11 +855,11 @@ fn linkable(url: &str) -> bool {
 }
 
 /// A field of the form, trimmed, when it has text.
-fn field<'a>(input: &'a Value, name: &str) -> Option<&'a str> {
+fn field(input: &Value, name: &str) -> Option<String> {
     input
         .get(name)
         .and_then(Value::as_str)
-        .map(str::trim)
+        .map(|v| xml_safe(v.trim()))
         .filter(|v| !v.is_empty())
 }
 
@@ -862,10 +876,10 @@ pub fn title_page(document: &Document<'_>) -> Vec<Paragraph> {
     };
     let blank = || Paragraph::new().style(BODY);
     let mut page = vec![centred(
-        field(input, "university").unwrap_or("[Учебное заведение]"),
+        &field(input, "university").unwrap_or_else(|| "[Учебное заведение]".to_owned()),
     )];
     if let Some(faculty) = field(input, "faculty") {
-        page.push(centred(faculty));
+        page.push(centred(&faculty));
     }
     page.extend((0..8).map(|_| blank()));
     let kind = match document.tool_id {
@@ -889,7 +903,7 @@ pub fn title_page(document: &Document<'_>) -> Vec<Paragraph> {
     page.extend((0..6).map(|_| blank()));
     // The city and year sit at the bottom of the page in a frame, whatever the lines above take.
     let year = document.created_at.get(..4).unwrap_or("");
-    let city = field(input, "city").unwrap_or("[Город]");
+    let city = field(input, "city").unwrap_or_else(|| "[Город]".to_owned());
     page.push(
         centred(&format!("{city}, {year}"))
             .frame_width(TEXT_WIDTH as u32)
@@ -908,7 +922,7 @@ pub fn title_page(document: &Document<'_>) -> Vec<Paragraph> {
     };
     let mut student = format!(
         "Выполнил(а): {}",
-        field(input, "student").unwrap_or("[ФИО студента]")
+        field(input, "student").unwrap_or_else(|| "[ФИО студента]".to_owned())
     );
     if let Some(group) = field(input, "group") {
         student.push_str(&format!(", группа {group}"));
@@ -917,7 +931,7 @@ pub fn title_page(document: &Document<'_>) -> Vec<Paragraph> {
     page.push(
         right(&format!(
             "Проверил(а): {}",
-            field(input, "teacher").unwrap_or("[ФИО преподавателя]")
+            field(input, "teacher").unwrap_or_else(|| "[ФИО преподавателя]".to_owned())
         ))
         .add_run(Run::new().add_break(BreakType::Page)),
     );
@@ -1095,5 +1109,37 @@ mod tests {
         assert!(xml.contains("<w:titlePg />"));
         let page_break = xml.find(r#"<w:br w:type="page" />"#).unwrap();
         assert!(page_break < xml.find(">Содержание<").unwrap());
+    }
+
+    #[test]
+    fn odd_markdown_still_makes_a_document() {
+        let input = json!({});
+        for md in [
+            "",
+            "   \n",
+            "- # заголовок в пункте\n- ```\n  код в пункте\n  ```\n",
+            "> - цитата со списком\n>   1. и вложенным\n>\n> | a |\n> |---|\n> | b |\n",
+            "<div>html</div>\n\n<b>inline</b> text\n",
+            "| a | b | c |\n|---|:-:|--:|\n| 1 | 2 | 3 | 4 |\n| |\n",
+            "[пустая]() ![картинка](x.png) [^1]\n\n[^1]: сноска\n",
+            "1. \n2. [ ] задача\n\n***\n___\n",
+            "\u{0}\u{1}управляющие\u{b}символы\n",
+        ] {
+            let bytes = docx(&document("abstract", md, &input)).unwrap();
+            assert_eq!(&bytes[..2], b"PK", "{md:?}");
+            let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+            let mut xml = String::new();
+            std::io::Read::read_to_string(
+                &mut archive.by_name("word/document.xml").unwrap(),
+                &mut xml,
+            )
+            .unwrap();
+            assert!(
+                !xml.chars()
+                    .any(|c| (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r')),
+                "{md:?}"
+            );
+            let _ = plain_text(md);
+        }
     }
 }
