@@ -1,15 +1,16 @@
 //! A completed session's text as a file: the Markdown as stored, plain text, or a Word document
 //! laid out after ГОСТ 7.32 (Times New Roman 14, 1.5 spacing, margins 30/15/20/20 mm, page
-//! numbers), with a title page from the form for the academic tools.
+//! numbers, a TOC field for a «Содержание» section), with a title page from the form for the
+//! academic tools.
 //!
 //! Pure: no database, no HTTP. The route in `routes.rs` reads the session and runs
 //! [`render`] on the blocking pool (building a DOCX is CPU work).
 
 use docx_rs::{
     AbstractNumbering, AlignmentType, BreakType, Docx, FieldCharType, Footer, Hyperlink,
-    HyperlinkType, IndentLevel, InstrText, Level, LevelJc, LevelOverride, LevelText, LineSpacing,
-    NumberFormat, Numbering, NumberingId, PageMargin, Paragraph, Run, RunFonts, SpecialIndentType,
-    Start, Style, StyleType, Table, TableCell, TableRow, WidthType,
+    HyperlinkType, IndentLevel, InstrText, InstrToC, Level, LevelJc, LevelOverride, LevelText,
+    LineSpacing, NumberFormat, Numbering, NumberingId, PageMargin, Paragraph, Run, RunFonts,
+    SpecialIndentType, Start, Style, StyleType, Table, TableCell, TableRow, WidthType,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
@@ -374,7 +375,10 @@ pub fn docx(document: &Document<'_>) -> anyhow::Result<Vec<u8>> {
     } else {
         &markdown
     };
-    let mut body = Body::default();
+    let mut body = Body {
+        contents: contents_entries(markdown),
+        ..Body::default()
+    };
     for event in Parser::new_ext(markdown, options()) {
         body.event(event);
     }
@@ -493,6 +497,19 @@ fn styles() -> Vec<Style> {
             .line_spacing(LineSpacing::new().line(ONE_AND_HALF).before(240).after(120))
             .outline_lvl(level - 1)
     };
+    let toc = |level: usize, left: i32| {
+        Style::new(format!("TOC{level}"), StyleType::Paragraph)
+            .name(format!("toc {level}"))
+            .based_on(BODY)
+            .next(BODY)
+            .align(AlignmentType::Left)
+            .indent(
+                Some(left),
+                Some(SpecialIndentType::FirstLine(0)),
+                None,
+                None,
+            )
+    };
     vec![
         Style::new(BODY, StyleType::Paragraph)
             .name("Body Text")
@@ -512,6 +529,8 @@ fn styles() -> Vec<Style> {
         heading(1, 32, AlignmentType::Center),
         heading(2, 28, AlignmentType::Left),
         heading(3, 28, AlignmentType::Left),
+        toc(2, 0),
+        toc(3, 357),
         Style::new("Code", StyleType::Paragraph)
             .name("Code")
             .based_on("Normal")
@@ -584,6 +603,12 @@ struct Body {
     quote: i32,
     code: bool,
     table: Option<TableState>,
+    /// The headings a «Содержание» section lists (level 2 or 3, text), for its TOC field.
+    contents: Vec<(usize, String)>,
+    /// The «Содержание» heading has just ended: a list right after it is the contents.
+    contents_next: bool,
+    /// Depth of the contents list being replaced by the TOC field.
+    skipping: usize,
 }
 
 #[derive(Default)]
@@ -596,6 +621,27 @@ struct TableState {
 
 impl Body {
     fn event(&mut self, event: Event<'_>) {
+        if self.skipping > 0 {
+            match event {
+                Event::Start(Tag::List(_)) => self.skipping += 1,
+                Event::End(TagEnd::List(_)) => {
+                    self.skipping -= 1;
+                    if self.skipping == 0 {
+                        self.table_of_contents();
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+        if let Event::Start(tag) = &event {
+            if matches!(tag, Tag::List(_)) && self.contents_next && self.lists.is_empty() {
+                self.contents_next = false;
+                self.skipping = 1;
+                return;
+            }
+            self.contents_next = false;
+        }
         match event {
             Event::Start(tag) => self.start(tag),
             Event::End(tag) => self.end(tag),
@@ -710,6 +756,7 @@ impl Body {
                 if level == HeadingLevel::H1 && self.title.is_none() {
                     self.title = Some(self.heading_text.clone());
                 }
+                self.contents_next = is_contents(&self.heading_text) && !self.contents.is_empty();
                 self.heading = None;
                 self.close_paragraph();
             }
@@ -787,6 +834,32 @@ impl Body {
         }
     }
 
+    /// A Word TOC field over headings 2–3 in place of the contents list, its cached entries the
+    /// document's own headings (Word fills in page numbers when the field is updated).
+    fn table_of_contents(&mut self) {
+        let entries = std::mem::take(&mut self.contents);
+        let last = entries.len().saturating_sub(1);
+        for (i, (level, text)) in entries.into_iter().enumerate() {
+            let style = if level <= 2 { "TOC2" } else { "TOC3" };
+            let mut paragraph = Paragraph::new().style(style);
+            if i == 0 {
+                paragraph = paragraph.add_run(
+                    Run::new()
+                        .add_field_char(FieldCharType::Begin, false)
+                        .add_instr_text(InstrText::TOC(
+                            InstrToC::new().heading_styles_range(2, 3).hyperlink(),
+                        ))
+                        .add_field_char(FieldCharType::Separate, false),
+                );
+            }
+            paragraph = paragraph.add_run(Run::new().add_text(text));
+            if i == last {
+                paragraph = paragraph.add_run(Run::new().add_field_char(FieldCharType::End, false));
+            }
+            self.blocks.push(Block::Paragraph(Box::new(paragraph)));
+        }
+    }
+
     fn body_paragraph(&self) -> Paragraph {
         if self.quote > 0 {
             Paragraph::new()
@@ -843,6 +916,42 @@ impl Body {
             self.paragraph = Some(p.add_run(run));
         }
     }
+}
+
+fn is_contents(heading: &str) -> bool {
+    let heading = heading.trim().to_lowercase();
+    heading == "содержание" || heading == "оглавление"
+}
+
+/// The level-2 and level-3 headings after a «Содержание» (or «Оглавление») heading, or none
+/// when there is no such heading.
+fn contents_entries(markdown: &str) -> Vec<(usize, String)> {
+    let mut entries = Vec::new();
+    let mut seen = false;
+    let mut current: Option<(usize, String)> = None;
+    for event in Parser::new_ext(markdown, options()) {
+        match event {
+            Event::Start(Tag::Heading { level, .. }) => {
+                current = Some((level as usize, String::new()));
+            }
+            Event::Text(t) | Event::Code(t) => {
+                if let Some((_, text)) = &mut current {
+                    text.push_str(&t);
+                }
+            }
+            Event::End(TagEnd::Heading(_)) => {
+                if let Some((level, text)) = current.take() {
+                    if seen && (2..=3).contains(&level) && !text.trim().is_empty() {
+                        entries.push((level, text.trim().to_owned()));
+                    } else if is_contents(&text) {
+                        seen = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    entries
 }
 
 /// A link target Word accepts as an external relationship: an absolute web or mail address in
@@ -1095,7 +1204,7 @@ mod tests {
     fn an_academic_docx_replaces_the_title_block_with_its_title_page() {
         let input = json!({"topic": "Тема", "student": "Иванов И. И."});
         let md = "**[Учебное заведение]**\n\nСтудент: [ФИО]\n\n---\n\n# Тема\n\n\
-                  ## Содержание\n\n1. Введение\n\n## Введение\n\nТекст.\n";
+                  ## Содержание\n\n1. Введение\n   1. Часть\n\n## Введение\n\nТекст.\n\n### 1.1. Часть\n";
         let bytes = docx(&document("abstract", md, &input)).unwrap();
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
         let mut xml = String::new();
@@ -1109,6 +1218,14 @@ mod tests {
         assert!(xml.contains("<w:titlePg />"));
         let page_break = xml.find(r#"<w:br w:type="page" />"#).unwrap();
         assert!(page_break < xml.find(">Содержание<").unwrap());
+        // The contents list became a TOC field whose cached entries are the headings after it.
+        assert!(xml.contains(r#"<w:instrText>TOC \o &quot;2-3&quot; \h</w:instrText>"#));
+        assert!(xml.contains(r#"<w:pStyle w:val="TOC2" />"#));
+        assert!(!xml.contains("<w:numPr>"), "the model's list is gone");
+        assert_eq!(
+            contents_entries(md),
+            [(2, "Введение".to_owned()), (3, "1.1. Часть".to_owned())]
+        );
     }
 
     #[test]
