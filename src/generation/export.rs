@@ -117,8 +117,10 @@ fn options() -> Options {
     Options::ENABLE_TABLES | Options::ENABLE_TASKLISTS | Options::ENABLE_STRIKETHROUGH
 }
 
-/// The Markdown as plain text: no markup left, structure kept by lines (see the module's
-/// route documentation for the rules).
+/// The Markdown as plain text, no markup left and the structure kept by lines: headings on
+/// their own line, blocks apart by a blank line, list items after «— » or their number (nested
+/// ones indented), task items after «[x] »/«[ ] », table rows with tab-separated cells, links as
+/// «text (url)», code blocks as they are.
 pub fn plain_text(markdown: &str) -> String {
     let mut text = Plain::default();
     for event in Parser::new_ext(markdown, options()) {
