@@ -5,6 +5,7 @@
 //! same amount written in the same transaction (ARCHITECTURE.md, "Invariants").
 
 pub mod document;
+pub mod export;
 pub mod pipeline;
 pub mod routes;
 pub mod run;

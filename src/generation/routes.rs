@@ -2,11 +2,14 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::Session;
+use super::export::{self, Format};
 use super::store::{self, Filter};
 use crate::app::AppState;
 use crate::auth::extract::CurrentUser;
@@ -18,6 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_sessions))
         .routes(routes!(get_session))
+        .routes(routes!(export_session))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -105,4 +109,119 @@ async fn get_session(
             Json(session)
         })
         .ok_or_else(|| ApiError::not_found("No such session"))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ExportQuery {
+    /// The file's kind; `docx` when absent.
+    #[param(schema_with = formats)]
+    format: Option<String>,
+}
+
+/// The file's bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // Documents the answer; never built.
+struct ExportFile(Vec<u8>);
+
+fn formats() -> utoipa::openapi::Object {
+    crate::openapi::one_of(Format::ALL.map(Format::as_str))
+}
+
+/// One of the caller's completed sessions as a file to download.
+///
+/// A Word document laid out after ГОСТ 7.32 (a title page from the form for `abstract`, `report`
+/// and `essay_academic`), the Markdown as stored, or plain text. Another user's session is a
+/// 404; a picture has no text to export.
+#[utoipa::path(get, path = "/generation/sessions/{id}/export", tag = "generation",
+    security(("bearer" = [])),
+    params(("id" = String, Path), ExportQuery),
+    responses(
+        (status = 200, description = "The file (`Content-Disposition: attachment`)",
+            content(
+                (ExportFile = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+                (ExportFile = "text/markdown"), (ExportFile = "text/plain"))),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "`not_completed`: the session has no result yet or failed; \
+            `not_exportable`: its result is a picture", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
+async fn export_session(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    Path(id): Path<String>,
+    AppQuery(query): AppQuery<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let format = match query.format.as_deref() {
+        None => Format::Docx,
+        Some(value) => Format::parse(value).ok_or_else(|| {
+            let names = Format::ALL.map(Format::as_str);
+            ApiError::validation(vec![FieldError::query(
+                "format",
+                format!("Input should be one of {}", names.join(", ")),
+                "enum",
+            )])
+        })?,
+    };
+    let user_id = current.user.id;
+    let session = state
+        .db
+        .read(move |c| store::by_id(c, &user_id, &id))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| ApiError::not_found("No such session"))?;
+    if session.status != "completed" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_completed",
+            "The session has no result to export",
+        ));
+    }
+    let Some(markdown) = export::text_of(&session.result).map(str::to_owned) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_exportable",
+            "A picture cannot be exported as a document",
+        ));
+    };
+    let tool_name = state
+        .tools
+        .get()
+        .tool(&session.tool_id)
+        .map_or_else(|| session.tool_id.clone(), |tool| tool.name.clone());
+    let (bytes, disposition) = tokio::task::spawn_blocking(move || {
+        let document = export::Document {
+            tool_id: &session.tool_id,
+            tool_name: &tool_name,
+            markdown: &markdown,
+            input: &session.input_data,
+            created_at: &session.created_at,
+        };
+        export::render(format, &document)
+            .map(|bytes| (bytes, export::content_disposition(&document, format)))
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .map_err(|e| ApiError::internal(&e))?;
+    let disposition = HeaderValue::from_str(&disposition).map_err(|e| ApiError::internal(&e))?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            ),
+            (header::CONTENT_DISPOSITION, disposition),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }

@@ -7,6 +7,7 @@ mod admin_pages;
 mod auth;
 mod catalogue;
 mod cli;
+mod export;
 mod fake_images;
 mod fake_llm;
 mod fake_payments;
