@@ -24,6 +24,7 @@ mod oauth;
 mod openai;
 mod payments;
 mod persistence;
+mod pricing;
 mod proxy;
 mod restore;
 mod router;
