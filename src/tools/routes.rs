@@ -51,7 +51,28 @@ pub struct ToolSummary {
     estimated_cost: i64,
     /// Price per mode, or per format/scale for image tools.
     costs: BTreeMap<String, i64>,
+    /// How the price grows with the input beyond what `costs` includes; `POST
+    /// /tools/{id}/quote` gives the exact price of an input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    price_per_unit: Option<UnitRates>,
     output_format: OutputFormat,
+    /// For `output_format: json`: the JSON Schema of `result`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    result_schema: Option<Value>,
+}
+
+/// A tool's rate per unit of its input.
+#[derive(Serialize, ToSchema)]
+pub struct UnitRates {
+    /// The form field measured.
+    field: String,
+    /// `1000_characters`, `pages`, `100_words`, `words`, `minutes`, `items`.
+    unit: String,
+    /// Units the base price covers.
+    included: u64,
+    /// Raits per unit beyond those, per mode.
+    rates: BTreeMap<String, i64>,
 }
 
 impl From<&Tool> for ToolSummary {
@@ -64,7 +85,14 @@ impl From<&Tool> for ToolSummary {
             supports_modes: t.supports_modes.clone(),
             estimated_cost: t.estimated_cost,
             costs: t.costs.clone(),
+            price_per_unit: t.price_per_unit.as_ref().map(|p| UnitRates {
+                field: p.field.clone(),
+                unit: p.name(),
+                included: p.included,
+                rates: p.rates.clone(),
+            }),
             output_format: t.output_format,
+            result_schema: t.result_schema.clone(),
         }
     }
 }

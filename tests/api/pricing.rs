@@ -64,6 +64,25 @@ async fn the_quoted_price_is_the_price_charged_for_every_kind_of_unit() {
         .mount(openai(&app))
         .await;
     app.topup(&user.user_id, 1000).await;
+    // A listing says how a price grows, and what a JSON result looks like.
+    let tab: Value = app
+        .get_authed("/api/v1/tools/tabs/everyday", &user.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let spell = tab["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "spell_check")
+        .unwrap();
+    assert_eq!(
+        spell["price_per_unit"],
+        json!({"field": "text", "unit": "1000_characters", "included": 2, "rates": {"quick": 2}})
+    );
+    assert_eq!(spell["output_format"], "json");
+    assert_eq!(spell["result_schema"]["required"], json!(["text", "edits"]));
     let cases = [
         // (tool, input, expected price, units, unit)
         (
@@ -108,7 +127,13 @@ async fn the_quoted_price_is_the_price_charged_for_every_kind_of_unit() {
             Some(12),
             Some("items"),
         ),
-        ("slogan", json!({"product": "Кофейня у дома"}), 5, None, None),
+        (
+            "slogan",
+            json!({"product": "Кофейня у дома"}),
+            5,
+            None,
+            None,
+        ),
     ];
     let mut balance = 1000;
     for (tool, input, price, units, unit) in cases {
@@ -142,7 +167,10 @@ async fn the_quoted_price_is_the_price_charged_for_every_kind_of_unit() {
         &json!({"input": {"topic": "Зима", "length_words": 1000}, "mode": "standard"}),
     )
     .await;
-    assert_eq!(standard.json::<Value>().await.unwrap()["cost_raits"], 60 + 7 * 9);
+    assert_eq!(
+        standard.json::<Value>().await.unwrap()["cost_raits"],
+        60 + 7 * 9
+    );
     let picture = quote(
         &app,
         &user,
@@ -181,7 +209,10 @@ async fn a_quote_is_refused_as_execute_would_be_and_charges_nothing() {
     .await;
     expect_error(unsupported, 400, "mode_not_supported").await;
     let anonymous = app
-        .post_json("/api/v1/tools/essay/quote", &json!({"input": {"topic": "Зима"}}))
+        .post_json(
+            "/api/v1/tools/essay/quote",
+            &json!({"input": {"topic": "Зима"}}),
+        )
         .await;
     assert_eq!(anonymous.status(), 401);
     assert_eq!(app.balance_and_ledger_sum(&user.user_id), (100, 100));
@@ -281,13 +312,18 @@ async fn disclaimers_are_the_servers_and_appear_once_where_they_apply() {
     const CAUTION: &str = "Перед отправкой сверьте сроки, суммы и ссылки на договор и закон";
     Mock::given(method("POST"))
         .and(path("/chat/completions"))
-        .respond_with(completion("Уважаемый Иван Иванович! Просим оплатить счёт.", Some(30)))
+        .respond_with(completion(
+            "Уважаемый Иван Иванович! Просим оплатить счёт.",
+            Some(30),
+        ))
         .mount(openai(&app))
         .await;
-    let letter = |kind: &str| {
-        json!({"input": {"recipient": "ООО «Вектор»", "purpose": "Оплата счёта № 12", "letter_type": kind}})
-    };
-    for (kind, cautioned) in [("payment_reminder", true), ("claim", true), ("request", false)] {
+    let letter = |kind: &str| json!({"input": {"recipient": "ООО «Вектор»", "purpose": "Оплата счёта № 12", "letter_type": kind}});
+    for (kind, cautioned) in [
+        ("payment_reminder", true),
+        ("claim", true),
+        ("request", false),
+    ] {
         let response = execute(&app, &user, "business_letter", &letter(kind)).await;
         assert_eq!(response.status(), 200);
         let result = response.json::<Value>().await.unwrap()["result"]
@@ -305,7 +341,10 @@ async fn disclaimers_are_the_servers_and_appear_once_where_they_apply() {
                 Перед подписанием или важным решением обратитесь к юристу.";
     Mock::given(method("POST"))
         .and(path("/chat/completions"))
-        .respond_with(completion(&format!("## Риски\n\nНет срока оплаты.\n\n{note}"), Some(30)))
+        .respond_with(completion(
+            &format!("## Риски\n\nНет срока оплаты.\n\n{note}"),
+            Some(30),
+        ))
         .mount(openai(&app))
         .await;
     let response = execute(
