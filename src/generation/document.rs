@@ -81,6 +81,40 @@ pub fn contents(body: &str) -> String {
     if any { out } else { String::new() }
 }
 
+/// The finished document and where its body starts: the title page (with `# topic` unless the
+/// body opens with its own title), what `prepend` steps wrote, the contents, the body, then the
+/// disclaimers.
+pub fn assemble(tool: &Tool, input: &Value, prefix: &[String], body: &str) -> (String, usize) {
+    let mut head = String::new();
+    let mut body = body;
+    if let Some(page) = &tool.title_page {
+        let year = &crate::timestamp::now()[..4];
+        head.push_str(&title_page(page, input, year));
+        // The work's title comes before its contents: the model's own, or the topic.
+        let trimmed = body.trim_start();
+        if trimmed.starts_with("# ") {
+            let (title, rest) = trimmed.split_once('\n').unwrap_or((trimmed, ""));
+            head.push_str(&format!("{}\n\n", title.trim_end()));
+            body = rest.trim_start();
+        } else if let Some(topic) = field(input, "topic") {
+            head.push_str(&format!("# {topic}\n\n"));
+        }
+    }
+    for before in prefix {
+        head.push_str(before.trim());
+        head.push_str("\n\n");
+    }
+    if tool.contents {
+        let contents = contents(body);
+        if !contents.is_empty() {
+            head.push_str(&contents);
+            head.push('\n');
+        }
+    }
+    let body_start = head.len();
+    (with_disclaimers(tool, input, head + body), body_start)
+}
+
 /// `text` with the tool's disclaimers that apply to `input`, each once.
 pub fn with_disclaimers(tool: &Tool, input: &Value, mut text: String) -> String {
     for disclaimer in tool.disclaimers.iter().filter(|d| d.applies(input)) {
@@ -139,6 +173,38 @@ mod tests {
         let empty = title_page(&page, &json!({"topic": "Реформы"}), "2026");
         assert!(empty.contains("[Учебное заведение]") && empty.contains("[ФИО студента]"));
         assert!(empty.contains("[Город], 2026"));
+    }
+
+    #[test]
+    fn assembly_puts_the_title_before_the_contents_and_the_note_last() {
+        let catalogue =
+            crate::tools::Catalogue::load(&crate::tools::catalogue::Source::Embedded).unwrap();
+        let essay = catalogue.tool("essay_academic").unwrap();
+        let input = json!({"topic": "Свобода", "discipline": "Философия"});
+        let (text, start) = assemble(
+            essay,
+            &input,
+            &[],
+            "# Свобода воли\n\n## Введение\n\nТекст.",
+        );
+        let order: Vec<usize> = [
+            "**ЭССЕ**",
+            "# Свобода воли",
+            "## Содержание",
+            "- Введение",
+            "## Введение",
+        ]
+        .iter()
+        .map(|s| text.find(s).unwrap_or_else(|| panic!("{s} in {text}")))
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert_eq!(&text[start..], "## Введение\n\nТекст.");
+        assert_eq!(text.matches("# Свобода").count(), 1, "one title: {text}");
+
+        let contract = catalogue.tool("contract_generate").unwrap();
+        let (text, start) = assemble(contract, &json!({}), &[], "# ДОГОВОР\n\nТекст.");
+        assert_eq!(start, 0);
+        assert!(text.ends_with("проверьте его с юристом.*\n"), "{text}");
     }
 
     #[test]

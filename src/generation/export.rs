@@ -68,6 +68,8 @@ pub struct Document<'a> {
     pub tool_id: &'a str,
     /// The tool's Russian name, or its id when the tool is gone from the catalogue.
     pub tool_name: &'a str,
+    /// The kind of work a title page names («РЕФЕРАТ»), for tools with `title_page`.
+    pub title_kind: Option<&'a str>,
     pub markdown: &'a str,
     /// The form the session ran with (title page fields).
     pub input: &'a Value,
@@ -82,11 +84,6 @@ pub fn render(format: Format, document: &Document<'_>) -> anyhow::Result<Vec<u8>
         Format::Txt => Ok(plain_text(document.markdown).into_bytes()),
         Format::Docx => docx(document),
     }
-}
-
-/// The tools whose documents get a ГОСТ title page.
-pub fn is_academic(tool_id: &str) -> bool {
-    matches!(tool_id, "abstract" | "report" | "essay_academic")
 }
 
 /// RFC 5987 `attr-char`s are left as they are; everything else is percent-encoded.
@@ -370,7 +367,7 @@ fn fonts(name: &str) -> RunFonts {
 /// The Word document: styles, numbering, page setup, footer, then the optional title page and
 /// the body.
 pub fn docx(document: &Document<'_>) -> anyhow::Result<Vec<u8>> {
-    let academic = is_academic(document.tool_id);
+    let academic = document.title_kind.is_some();
     let markdown = xml_safe(document.markdown);
     let markdown = if academic {
         without_title_block(&markdown)
@@ -993,11 +990,7 @@ pub fn title_page(document: &Document<'_>) -> Vec<Paragraph> {
         page.push(centred(&faculty));
     }
     page.extend((0..8).map(|_| blank()));
-    let kind = match document.tool_id {
-        "abstract" => "РЕФЕРАТ",
-        "report" => "ДОКЛАД",
-        _ => "ЭССЕ",
-    };
+    let kind = document.title_kind.unwrap_or_default();
     page.push(
         Paragraph::new()
             .style(BODY)
@@ -1058,6 +1051,12 @@ mod tests {
         Document {
             tool_id,
             tool_name: "Реферат",
+            title_kind: match tool_id {
+                "abstract" => Some("РЕФЕРАТ"),
+                "report" => Some("ДОКЛАД"),
+                "essay_academic" => Some("ЭССЕ"),
+                _ => None,
+            },
             markdown,
             input,
             created_at: "2026-03-05T10:00:00Z",

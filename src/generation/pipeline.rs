@@ -63,27 +63,7 @@ pub async fn run(
 ) -> Result<Produced, Failure> {
     let steps = run_steps(router, tool, input, watch).await?;
     let body = steps.outputs.last().cloned().unwrap_or_default();
-    let mut head = String::new();
-    if let Some(page) = &tool.title_page {
-        let year = crate::timestamp::now()[..4].to_owned();
-        head.push_str(&document::title_page(page, input, &year));
-        if let Some(topic) = input.get("topic").and_then(Value::as_str) {
-            head.push_str(&format!("# {}\n\n", topic.trim()));
-        }
-    }
-    for before in &steps.prefix {
-        head.push_str(before.trim());
-        head.push_str("\n\n");
-    }
-    if tool.contents {
-        let contents = document::contents(&body);
-        if !contents.is_empty() {
-            head.push_str(&contents);
-            head.push('\n');
-        }
-    }
-    let body_start = head.len();
-    let text = document::with_disclaimers(tool, input, head + &body);
+    let (text, body_start) = document::assemble(tool, input, &steps.prefix, &body);
     Ok(Produced {
         text,
         body_start,

@@ -185,15 +185,18 @@ async fn export_session(
             "A picture cannot be exported as a document",
         ));
     };
-    let tool_name = state
-        .tools
-        .get()
-        .tool(&session.tool_id)
+    let tool = state.tools.get().tool(&session.tool_id).cloned();
+    let tool_name = tool
+        .as_ref()
         .map_or_else(|| session.tool_id.clone(), |tool| tool.name.clone());
     let (bytes, disposition) = tokio::task::spawn_blocking(move || {
         let document = export::Document {
             tool_id: &session.tool_id,
             tool_name: &tool_name,
+            title_kind: tool
+                .as_ref()
+                .and_then(|t| t.title_page.as_ref())
+                .map(|p| p.kind.as_str()),
             markdown: &markdown,
             input: &session.input_data,
             created_at: &session.created_at,

@@ -235,7 +235,8 @@ impl Generation {
             };
         }
         if self.mode == Mode::Quick {
-            produced.text = document::with_disclaimers(&self.tool, &self.input, produced.text);
+            (produced.text, produced.body_start) =
+                document::assemble(&self.tool, &self.input, &[], &produced.text);
         }
         Ok(Output::Text(produced))
     }

@@ -280,6 +280,29 @@ async fn a_25_page_abstract_arrives_whole_and_at_length_through_a_4000_token_lim
         assert_eq!(request["max_tokens"], 4000);
         assert_eq!(request["temperature"], 0.5);
     }
+    // The Word file has the title page from the form, then the work.
+    let docx = app
+        .get_authed(
+            &format!("/api/v1/generation/sessions/{id}/export?format=docx"),
+            &user.access_token,
+        )
+        .await;
+    assert_eq!(docx.status(), 200);
+    let bytes = docx.bytes().await.unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let mut xml = String::new();
+    std::io::Read::read_to_string(&mut archive.by_name("word/document.xml").unwrap(), &mut xml)
+        .unwrap();
+    for expected in [
+        "w:titlePg",
+        "РЕФЕРАТ",
+        "Выполнил(а): Иванова А. С., группа ИСТ-21",
+        "Тверь, 20",
+        "Глава 2. Ход реформ",
+    ] {
+        assert!(xml.contains(expected), "{expected} not in document.xml");
+    }
+    assert!(!xml.contains("[ФИО студента]"));
     // The provider reported no usage: the server counted.
     assert!(
         s["tokens_used"].as_i64().unwrap() > 6250,
