@@ -105,8 +105,10 @@ pub async fn run_steps(
         .as_ref()
         .map(|l| l.target_words(input, &tool.input_schema))
         .filter(|w| *w > 0);
+    // Step numbers as watchers see them: a top-up call is a step of its own.
+    let mut number = 0;
     for (i, step) in tool.steps.iter().enumerate() {
-        let number = i + 1;
+        number += 1;
         watch.step_started(number, &step.name);
         let call = Call {
             router,
@@ -124,7 +126,7 @@ pub async fn run_steps(
             watch.step_completed(number);
             continue;
         }
-        let text = if step.per_section {
+        let mut text = if step.per_section {
             let (sections, written) = match parts.take() {
                 // Editing what the step before wrote, part by part.
                 Some((sections, written)) => {
@@ -185,17 +187,29 @@ pub async fn run_steps(
             out.text
         };
         watch.step_completed(number);
+        // The parts are final once no part-by-part step follows: bring them to length before
+        // anything reads the whole text.
+        let parts_final = tool.steps.get(i + 1).is_none_or(|next| !next.per_section);
+        if parts_final
+            && let (Some(target), Some((sections, written))) = (target, parts.as_mut())
+            && top_up(
+                router,
+                tool,
+                input,
+                watch,
+                number + 1,
+                target,
+                sections,
+                written,
+                &mut run,
+            )
+            .await?
+        {
+            number += 1;
+            text = join(written);
+        }
         previous.clone_from(&text);
         run.outputs.push(text);
-    }
-    if let (Some(target), Some((sections, written))) = (target, parts)
-        && let Some(text) = top_up(
-            router, tool, input, watch, target, &sections, written, &mut run,
-        )
-        .await?
-        && let Some(last) = run.outputs.last_mut()
-    {
-        *last = text;
     }
     Ok(run)
 }
@@ -209,22 +223,23 @@ impl Steps {
 
 /// One top-up call when the parts came out more than 10 % shorter than the form asked: the
 /// part furthest below its share (never one the tool keeps as it is) is rewritten longer.
-/// `Some(joined parts)` when it ran.
+/// Whether it ran (as step `number`).
 #[allow(clippy::too_many_arguments)]
 async fn top_up(
     router: &llm::LlmRouter,
     tool: &Tool,
     input: &Value,
     watch: &Handle,
+    number: usize,
     target: u64,
     sections: &[String],
-    mut written: Vec<String>,
+    written: &mut [String],
     run: &mut Steps,
-) -> Result<Option<String>, Failure> {
+) -> Result<bool, Failure> {
     let counts: Vec<u64> = written.iter().map(|p| document::words(p)).collect();
     let total: u64 = counts.iter().sum();
     if total * 10 >= target * 9 {
-        return Ok(None);
+        return Ok(false);
     }
     let keep = tool
         .length
@@ -241,12 +256,11 @@ async fn top_up(
         })
         .max_by_key(|k| share.saturating_sub(counts[*k]))
     else {
-        return Ok(None);
+        return Ok(false);
     };
     // What one answer can hold: about two tokens a Russian word.
     let ceiling = u64::from(tool.max_tokens.unwrap_or(4000)) / 2;
     let wanted = (counts[k] + (target - total)).min(ceiling.max(counts[k]));
-    let number = tool.steps.len() + 1;
     watch.step_started(number, TOP_UP.name.as_str());
     let call = Call {
         router,
@@ -270,7 +284,7 @@ async fn top_up(
         written[k] = out.text;
     }
     watch.step_completed(number);
-    Ok(Some(join(&written)))
+    Ok(true)
 }
 
 /// The top-up call's prompt: the tool's own voice is in the part it lengthens.
