@@ -3,7 +3,6 @@
 //! the error paths.
 
 use std::io::Read;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -168,26 +167,6 @@ async fn a_notes_session_exports_as_a_word_document_with_real_structure() {
     assert!(text.contains("Хлорофилл\tлист"));
 }
 
-/// Polls until the session has ended.
-async fn settled(app: &TestApp, user: &Session, id: &str) -> Value {
-    for _ in 0..400 {
-        let s: Value = app
-            .get_authed(
-                &format!("/api/v1/generation/sessions/{id}"),
-                &user.access_token,
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
-        if s["completed_at"].is_string() {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("session {id} never ended");
-}
-
 #[tokio::test]
 async fn an_abstract_gets_a_title_page_from_its_form() {
     let fake = FakeLlm::start().await;
@@ -202,7 +181,7 @@ async fn an_abstract_gets_a_title_page_from_its_form() {
     assert_eq!(response.status(), 202);
     let accepted: Value = response.json().await.unwrap();
     let id = accepted["session_id"].as_str().unwrap();
-    let session = settled(&app, &user, id).await;
+    let session = app.settled_session(&user, id).await;
     assert_eq!(session["status"], "completed", "{session}");
 
     let response = export(&app, &user, id, "?format=docx").await;

@@ -304,6 +304,44 @@ pub fn email(tag: &str) -> String {
 }
 
 impl TestApp {
+    /// Runs `tool` with `body` as a queued job (`202`); returns the session id.
+    pub async fn queue_run(&self, user: &Session, tool: &str, body: &Value) -> String {
+        let response = self
+            .post_authed(
+                &format!("/api/v1/tools/{tool}/execute"),
+                &user.access_token,
+                body,
+            )
+            .await;
+        assert_eq!(response.status(), 202, "{tool} queued");
+        response.json::<Value>().await.expect("json")["session_id"]
+            .as_str()
+            .expect("session_id")
+            .to_owned()
+    }
+
+    /// Polls a generation session until it has ended (completed or failed).
+    pub async fn settled_session(&self, user: &Session, id: &str) -> Value {
+        for _ in 0..600 {
+            let s: Value = self
+                .get_authed(
+                    &format!("/api/v1/generation/sessions/{id}"),
+                    &user.access_token,
+                )
+                .await
+                .json()
+                .await
+                .expect("session json");
+            if s["completed_at"].is_string() {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("session {id} never ended");
+    }
+}
+
+impl TestApp {
     /// Credits `raits` through the ledger, as an operator adjustment would.
     pub async fn topup(&self, user_id: &str, raits: i64) {
         let user_id = user_id.to_owned();

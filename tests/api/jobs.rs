@@ -87,18 +87,6 @@ async fn session(app: &TestApp, user: &Session, id: &str) -> Value {
     .unwrap()
 }
 
-/// Polls until the session has ended.
-async fn settled(app: &TestApp, user: &Session, id: &str) -> Value {
-    for _ in 0..400 {
-        let s = session(app, user, id).await;
-        if s["completed_at"].is_string() {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("session {id} never ended");
-}
-
 pub struct Watcher {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
@@ -278,7 +266,7 @@ async fn a_standard_run_is_watched_step_by_step_and_charged_its_standard_price()
     );
     assert_eq!(fake.requests()[1]["stream"], true);
 
-    let s = settled(&app, &user, id).await;
+    let s = app.settled_session(&user, id).await;
     assert_eq!(s["status"], "completed");
     assert_eq!(s["mode"], "standard");
     assert_eq!(s["result"], "Проект сдан точно в срок.");
@@ -330,7 +318,7 @@ async fn a_per_section_step_writes_one_part_per_plan_line_and_the_next_edits_eac
     );
     let body: Value = response.json().await.unwrap();
     let id = body["session_id"].as_str().unwrap();
-    let s = settled(&app, &user, id).await;
+    let s = app.settled_session(&user, id).await;
     assert_eq!(s["status"], "completed", "{s}");
     let result = s["result"].as_str().unwrap();
     assert!(
@@ -567,7 +555,7 @@ async fn a_provider_failure_in_step_two_is_an_error_event_and_a_refund() {
     assert!(error["message"].as_str().unwrap().contains("refunded"));
     assert_eq!(fake.requests().len(), 4, "step 2 had its three attempts");
 
-    let s = settled(&app, &user, &id).await;
+    let s = app.settled_session(&user, &id).await;
     assert_eq!(s["status"], "failed");
     assert_eq!(s["error"]["code"], "providers_unavailable");
     assert_eq!(app.balance_and_ledger_sum(&user.user_id), (100, 100));
@@ -635,7 +623,7 @@ async fn a_client_that_stops_reading_never_slows_the_job_and_catches_up_from_a_s
         "the watcher fell behind and was resynchronised ({restarts})"
     );
     assert_eq!(texts(&events)[0], draft, "the rebuilt text is whole");
-    let s = settled(&app, &user, &id).await;
+    let s = app.settled_session(&user, &id).await;
     assert_eq!(s["status"], "completed");
     assert_eq!(fake.user_message(1).matches("слово").count(), 600 * 1000);
     assert_eq!(events.last().unwrap()["result"], "Итог.");
@@ -659,7 +647,8 @@ async fn an_idempotency_key_queues_one_job_and_replays_its_202() {
     let again = send().await.unwrap();
     assert_eq!(again.status(), 202);
     assert_eq!(again.json::<Value>().await.unwrap(), first);
-    settled(&app, &user, first["session_id"].as_str().unwrap()).await;
+    app.settled_session(&user, first["session_id"].as_str().unwrap())
+        .await;
     assert_eq!(
         app.balance_and_ledger_sum(&user.user_id),
         (100 - STANDARD_COST, 100 - STANDARD_COST)
@@ -697,7 +686,7 @@ async fn shutdown_interrupts_running_jobs_after_the_grace_and_keeps_queued_ones_
     let s = session(&app, &user, &running).await;
     assert_eq!(s["status"], "failed");
     assert_eq!(s["error"]["code"], "interrupted");
-    let s = settled(&app, &user, &queued).await;
+    let s = app.settled_session(&user, &queued).await;
     assert_eq!(s["status"], "completed", "{s}");
     assert_eq!(
         app.balance_and_ledger_sum(&user.user_id),
@@ -846,19 +835,14 @@ async fn a_tool_that_declares_no_steps_drafts_with_its_own_prompt_then_edits() {
         &[("EASY_WRITER_PROMPTS_DIR", &dir.path().display().to_string())],
     )
     .await;
-    let response = app
-        .post_authed(
-            "/api/v1/tools/letter/execute",
-            &user.access_token,
+    let id = app
+        .queue_run(
+            &user,
+            "letter",
             &json!({"input": {"recipient": "Анна", "purpose": "Поблагодарить за помощь"}, "mode": "standard"}),
         )
         .await;
-    assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await.unwrap()["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let s = settled(&app, &user, &id).await;
+    let s = app.settled_session(&user, &id).await;
     assert_eq!(s["result"], "Письмо.", "{s}");
     let requests = fake.requests();
     assert_eq!(requests.len(), 2);

@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -161,25 +160,6 @@ async fn app_with(url: &str, raits: i64) -> (TestApp, Session) {
     (app, user)
 }
 
-async fn settled(app: &TestApp, user: &Session, id: &str) -> Value {
-    for _ in 0..600 {
-        let s: Value = app
-            .get_authed(
-                &format!("/api/v1/generation/sessions/{id}"),
-                &user.access_token,
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
-        if s["completed_at"].is_string() {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("session {id} never ended");
-}
-
 fn count_words(text: &str) -> usize {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.chars().any(char::is_alphabetic))
@@ -214,15 +194,8 @@ async fn a_25_page_abstract_arrives_whole_and_at_length_through_a_4000_token_lim
     assert_eq!(quoted["units"], 25);
     assert_eq!(quoted["unit"], "pages");
 
-    let response = app
-        .post_authed("/api/v1/tools/abstract/execute", &user.access_token, &body)
-        .await;
-    assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await.unwrap()["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let s = settled(&app, &user, &id).await;
+    let id = app.queue_run(&user, "abstract", &body).await;
+    let s = app.settled_session(&user, &id).await;
     assert_eq!(s["status"], "completed", "{s}");
     assert_eq!(s["cost_raits"], quoted["cost_raits"]);
     assert_eq!(
@@ -317,15 +290,8 @@ async fn a_short_draft_gets_one_top_up_call_for_its_thinnest_part() {
     let (writer, url) = Writer::start(40).await;
     let (app, user) = app_with(&url, 1000).await;
     let body = json!({"input": {"topic": "Реформы Петра I", "discipline": "История", "pages": 5}});
-    let response = app
-        .post_authed("/api/v1/tools/abstract/execute", &user.access_token, &body)
-        .await;
-    assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await.unwrap()["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let s = settled(&app, &user, &id).await;
+    let id = app.queue_run(&user, "abstract", &body).await;
+    let s = app.settled_session(&user, &id).await;
     assert_eq!(s["status"], "completed", "{s}");
     assert_eq!(s["cost_raits"], 50, "5 pages are the base price");
     let users = writer.users();
