@@ -1,5 +1,5 @@
 //! A fake OpenAI-compatible server for the benchmarks. Whole answers (`bench/execute.sh`) come
-//! at once. Streamed answers (`bench/ws.sh`) depend on `FAKE_STREAM`:
+//! at once, as the JSON `spell_check` asks for (any other quick tool takes it as text). Streamed answers (`bench/ws.sh`) depend on `FAKE_STREAM`:
 //! - `hold`: the stream opens and never sends a byte, so the job stays running;
 //! - `stamped`: waits for `POST /release`, then sends `FAKE_DELTAS` deltas (default 300)
 //!   `FAKE_GAP_MS` apart (default 20), each carrying its send time as `t=<µs since epoch>;`.
@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use tokio::sync::watch;
 
-const ANSWER: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Исправленный текст."},"finish_reason":"stop"}],"usage":{"prompt_tokens":40,"completion_tokens":5,"total_tokens":45}}"#;
+const ANSWER: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"{\"text\":\"Исправленный текст.\",\"edits\":[]}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":40,"completion_tokens":5,"total_tokens":45}}"#;
 
 #[derive(Clone)]
 struct Fake {

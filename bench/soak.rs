@@ -145,7 +145,7 @@ struct Fakes {
 /// Base64 JPEGs by size: drawn once, since every picture of a format looks the same.
 type Pictures = HashMap<(u32, u32), Arc<str>>;
 
-const ANSWER: &str = r#"{"id":"chatcmpl-soak","object":"chat.completion","created":1,"model":"soak","choices":[{"index":0,"message":{"role":"assistant","content":"Исправленный текст без ошибок."},"finish_reason":"stop"}],"usage":{"prompt_tokens":40,"completion_tokens":6,"total_tokens":46}}"#;
+const ANSWER: &str = r#"{"id":"chatcmpl-soak","object":"chat.completion","created":1,"model":"soak","choices":[{"index":0,"message":{"role":"assistant","content":"{\"text\":\"Исправленный текст без ошибок.\",\"edits\":[]}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":40,"completion_tokens":6,"total_tokens":46}}"#;
 
 async fn start_fakes() -> anyhow::Result<SocketAddr> {
     let app = Router::new()
