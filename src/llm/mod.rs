@@ -212,3 +212,53 @@ pub fn providers_from_config(config: &crate::config::Config) -> Vec<(ProviderId,
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_small_model_of_each_family_is_lite() {
+        for lite in [
+            "yandexgpt-lite",
+            "gpt://b1g/yandexgpt-lite/latest",
+            "GigaChat",
+            "GigaChat-2",
+            "gpt-4o-mini",
+            "gpt-4.1-nano",
+        ] {
+            assert_eq!(Tier::of_model(lite), Tier::Lite, "{lite}");
+        }
+        for pro in [
+            "yandexgpt",
+            "gpt://b1g/yandexgpt/rc",
+            "GigaChat-2-Pro",
+            "GigaChat-Max",
+            "gpt-4o",
+        ] {
+            assert_eq!(Tier::of_model(pro), Tier::Pro, "{pro}");
+        }
+    }
+
+    #[test]
+    fn a_missing_usage_is_estimated_and_never_zero() {
+        let request = ChatRequest {
+            system: "Ты редактор.".into(),
+            user: "Исправь: превет".into(),
+            ..Default::default()
+        };
+        let reported = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            total_tokens: 5,
+        };
+        assert_eq!(reported.or_estimate(&request, "Привет", 1), reported);
+        let estimated = Usage::default().or_estimate(&request, "Привет", 4);
+        assert_eq!(estimated.prompt_tokens, 4 + 5);
+        assert_eq!(
+            estimated.completion_tokens, 4,
+            "the deltas, more than 6 / 3"
+        );
+        assert_eq!(estimated.total_tokens, 13);
+    }
+}
