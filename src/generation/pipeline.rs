@@ -150,7 +150,7 @@ pub async fn run_steps(
                         ];
                         let out = call.generate(&extra, false).await?;
                         run.add(&out);
-                        edited.push(out.text);
+                        edited.push(keep_length(part, out.text));
                         watch.step_progress(number, percent(k + 1, sections.len()));
                     }
                     (sections, edited)
@@ -307,6 +307,17 @@ static TOP_UP: std::sync::LazyLock<Step> = std::sync::LazyLock::new(|| {
 }
 });
 
+/// An edit that lost more than 30 % of a part's words cut content, not words: the part stays
+/// as it was written.
+fn keep_length(written: &str, edited: String) -> String {
+    if document::words(&edited) * 10 < document::words(written) * 7 {
+        tracing::info!("an edited part came out much shorter; the written part is kept");
+        written.to_owned()
+    } else {
+        edited
+    }
+}
+
 /// Each part's share of the words the form asks for, as a prompt reads it.
 fn share(target: Option<u64>, parts: usize) -> String {
     match target {
@@ -436,6 +447,14 @@ fn sections(plan: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edit_that_cuts_a_part_short_is_not_used() {
+        let written = "раз два три четыре пять шесть семь восемь девять десять";
+        assert_eq!(keep_length(written, "раз два три".into()), written);
+        let edited = "раз два три четыре пять шесть семь восемь".to_owned();
+        assert_eq!(keep_length(written, edited.clone()), edited);
+    }
 
     #[test]
     fn a_plan_becomes_one_section_per_line_up_to_the_cap() {

@@ -93,7 +93,15 @@ fn write(writer: &Writer, user: &str, system: &str) -> String {
         // An editor keeps the part as it is.
         return part.trim().to_owned();
     }
-    if let Some(section) = user.split("Напиши часть: ").nth(1) {
+    if system.contains("метатеги") {
+        return "**Title:** Реформы Петра I: коротко\n**Description:** Что изменили реформы."
+            .into();
+    }
+    if let Some(section) = user
+        .split("Напиши часть: ")
+        .nth(1)
+        .or_else(|| user.split("Напиши раздел: ").nth(1))
+    {
         let section = section.lines().next().unwrap_or_default().trim();
         let wanted = number_after(user, "Объём части: около").unwrap_or(300);
         let n = if section.starts_with("Список литературы") {
@@ -313,4 +321,36 @@ async fn a_short_draft_gets_one_top_up_call_for_its_thinnest_part() {
     );
     // The title page marks what the form did not give.
     assert!(result.contains("[Учебное заведение]") && result.contains("[ФИО студента]"));
+}
+
+#[tokio::test]
+async fn an_seo_article_gets_its_title_and_description_from_the_finished_text() {
+    let (writer, url) = Writer::start(100).await;
+    let (app, user) = app_with(&url, 1000).await;
+    let body = json!({
+        "input": {"topic": "Реформы Петра I", "keywords": ["реформы Петра"], "length_words": 2000},
+        "mode": "standard",
+    });
+    let quoted = quote(&app, &user, "seo_article", &body).await;
+    assert_eq!(quoted["cost_raits"], 150 + 15 * 12);
+    let id = app.queue_run(&user, "seo_article", &body).await;
+    let s = app.settled_session(&user, &id).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["cost_raits"], quoted["cost_raits"]);
+    let result = s["result"].as_str().unwrap();
+    assert!(
+        result.starts_with("**Title:** Реформы Петра I: коротко\n**Description:**"),
+        "{result}"
+    );
+    // The meta step read the whole, edited article (not the plan), and came last.
+    let users = writer.users();
+    let meta = users.last().unwrap();
+    assert!(meta.contains("Статья — всё, что ниже этой строки"));
+    assert!(meta.contains("## Заключение") && meta.contains("### 2.3. Экономика"));
+    let article = &result[result.find("## Введение").unwrap()..];
+    assert!(
+        count_words(article) >= 2000 * 9 / 10,
+        "{}",
+        count_words(article)
+    );
 }
