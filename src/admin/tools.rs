@@ -16,6 +16,7 @@ use crate::app::AppState;
 use crate::config::Config;
 use crate::db;
 use crate::llm::ProviderId;
+use crate::payments::money::roubles as rub;
 
 /// The periods offered, in UTC days (today included); anything else asked for is the default.
 const PERIODS: [i64; 3] = [7, 30, 90];
@@ -155,13 +156,6 @@ impl Sums {
 /// `a / b` rounded half up, for `a >= 0`, `b > 0`.
 fn div_round(a: i64, b: i64) -> i64 {
     (a + b / 2) / b
-}
-
-/// Signed kopecks as roubles with two decimals: `-1.50`.
-fn rub(kopecks: i64) -> String {
-    let sign = if kopecks < 0 { "-" } else { "" };
-    let abs = kopecks.unsigned_abs();
-    format!("{sign}{}.{:02}", abs / 100, abs % 100)
 }
 
 /// A tenth-precise quotient as text: `7 / 2` → `3.5`.

@@ -17,7 +17,7 @@ pub fn words(text: &str) -> u64 {
 }
 
 /// A form field's text, if the user gave one.
-fn field<'a>(input: &'a Value, name: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(input: &'a Value, name: &str) -> Option<&'a str> {
     input
         .get(name)
         .and_then(Value::as_str)

@@ -962,13 +962,9 @@ fn linkable(url: &str) -> bool {
             .all(|c| c.is_ascii_graphic() && !"\"<>\\^`{|}".contains(c))
 }
 
-/// A field of the form, trimmed, when it has text.
+/// A field of the form, trimmed, when it has text, without characters XML cannot hold.
 fn field(input: &Value, name: &str) -> Option<String> {
-    input
-        .get(name)
-        .and_then(Value::as_str)
-        .map(|v| xml_safe(v.trim()))
-        .filter(|v| !v.is_empty())
+    super::document::field(input, name).map(xml_safe)
 }
 
 /// The ГОСТ title page from the form, ending with a page break; missing fields become visible

@@ -187,11 +187,11 @@ async fn generate_article(
         .quote(Mode::Standard, &input)
         .ok_or_else(|| ApiError::internal(&"seo_article has no standard price"))?
         .cost_raits;
-    if state.llm.is_empty() {
+    if let Some(reason) = state.llm.cannot_serve(tool.min_tier) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "providers_unavailable",
-            "No AI provider is configured on this server",
+            reason,
         ));
     }
 

@@ -90,13 +90,6 @@ impl Tier {
             || name == "gigachat-2";
         if lite { Tier::Lite } else { Tier::Pro }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Lite => "lite",
-            Tier::Pro => "pro",
-        }
-    }
 }
 
 /// One chat generation: a system prompt and a user message.

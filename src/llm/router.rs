@@ -181,16 +181,21 @@ impl LlmRouter {
         self.slots.is_empty()
     }
 
-    /// Whether some configured provider has a model of at least `tier` (for standard-quality
-    /// work, which is what a pro tool asks for).
-    pub fn serves(&self, tier: super::Tier) -> bool {
+    /// Why no configured provider can take work that needs `tier`, when none can: callers
+    /// refuse it before any debit. A pro tool asks for standard quality (`Tool::request`).
+    pub fn cannot_serve(&self, tier: super::Tier) -> Option<&'static str> {
         let probe = ChatRequest {
             quality: super::Quality::Standard,
             ..Default::default()
         };
-        self.slots
-            .values()
-            .any(|slot| super::Tier::of_model(&slot.provider.model_for(&probe)) >= tier)
+        let serves = |slot: &Slot| super::Tier::of_model(&slot.provider.model_for(&probe)) >= tier;
+        if self.slots.is_empty() {
+            Some("No AI provider for this tool is configured on this server")
+        } else if !self.slots.values().any(serves) {
+            Some("This tool needs a pro model, and only lite models are configured on this server")
+        } else {
+            None
+        }
     }
 
     /// Configured providers, in fallback order.

@@ -27,9 +27,12 @@ pub fn kopecks(text: &str) -> Option<i64> {
         .checked_add(cents)
 }
 
-/// Kopecks as `"150.00"`, the form YooKassa and Robokassa take.
+/// Kopecks as `"150.00"`, the form YooKassa and Robokassa take (`"-1.50"` below zero, as the
+/// admin's margins may be).
 pub fn roubles(kopecks: i64) -> String {
-    format!("{}.{:02}", kopecks / 100, kopecks % 100)
+    let sign = if kopecks < 0 { "-" } else { "" };
+    let abs = kopecks.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
 }
 
 #[cfg(test)]

@@ -98,12 +98,12 @@ impl UnitPrice {
         };
         if !fits {
             problems.push(format!(
-                "price_per_unit.field {:?} must be a {} field of input_schema",
+                "price_per_unit.field {:?} must be {} field of input_schema",
                 self.field,
                 if self.unit == Unit::Characters {
-                    "string (or array of strings)"
+                    "a string (or array of strings)"
                 } else {
-                    "integer"
+                    "an integer"
                 }
             ));
         }

@@ -236,18 +236,16 @@ async fn execute(
     let key = idempotency::key_from(&headers)?;
     // Refused before the debit, with the reason: nothing to refund.
     let needs_text = !matches!(tool.id.as_str(), "image_generate" | "image_upscale");
-    if (needs_text && state.llm.is_empty()) || (tool.is_image_tool() && state.images.is_empty()) {
+    let text_refusal = needs_text
+        .then(|| state.llm.cannot_serve(tool.min_tier))
+        .flatten();
+    let image_refusal = (tool.is_image_tool() && state.images.is_empty())
+        .then_some("No AI provider for this tool is configured on this server");
+    if let Some(reason) = text_refusal.or(image_refusal) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "providers_unavailable",
-            "No AI provider for this tool is configured on this server",
-        ));
-    }
-    if needs_text && !state.llm.serves(tool.min_tier) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "providers_unavailable",
-            "This tool needs a pro model, and only lite models are configured on this server",
+            reason,
         ));
     }
     if tool.id == "image_upscale" {

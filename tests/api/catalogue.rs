@@ -229,6 +229,76 @@ fn a_prompts_directory_may_add_tools_and_broken_files_are_named() {
     );
 }
 
+/// A tool file using every setting the catalogue checks, each one wrong.
+const MISCONFIGURED: &str = r#"
+name: Хокку
+description: Три строки о теме.
+icon: feather
+supports_modes: [quick]
+estimated_cost: 3
+costs: {quick: 3}
+output_format: json
+temperature: 1.5
+max_tokens: 0
+price_per_unit: {field: topic, unit: pages, included: 1, rates: {standard: 2}}
+length: {field: topic, words_per_unit: 0}
+disclaimers: [{text: " ", when: {field: kind, values: [a]}}]
+title_page: {kind: ""}
+input_schema:
+  type: object
+  additionalProperties: false
+  required: [topic]
+  properties:
+    topic: {type: string, title: Тема, minLength: 1, maxLength: 200}
+system_prompt: "Ты поэт. Тема: {topic}"
+user_template: "Тема: {topic}"
+steps:
+  - {name: Мета, per_section: true, prepend: true, system_prompt: Ты редактор., user_template: "{part}"}
+"#;
+
+#[test]
+fn every_wrong_setting_of_a_tool_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_prompts(dir.path());
+    write(dir.path(), "special/haiku.yaml", MISCONFIGURED);
+    write(
+        dir.path(),
+        "special/tanka.yaml",
+        &EXTRA_TOOL.replace(
+            "output_format: text",
+            "output_format: text\nresult_schema: {type: object}",
+        ),
+    );
+    let problems = Catalogue::load(&Source::Dir(dir.path().to_owned())).unwrap_err();
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    for needle in [
+        "temperature must be between 0 and 1",
+        "max_tokens must be positive",
+        "price_per_unit.field \"topic\" must be an integer field",
+        "price_per_unit.rates.standard: not a mode of this tool",
+        "length.field \"topic\" must be an integer field",
+        "length.words_per_unit must be positive",
+        "disclaimers[0].text is empty",
+        "disclaimers[0].when.field \"kind\" is not a field",
+        "title_page.kind is empty",
+        "system_prompt: {topic} is not filled in system prompts",
+        "per_section and prepend exclude each other",
+        "placeholder {part} is not a field",
+        "output_format json needs a result_schema",
+    ] {
+        assert!(
+            text.iter()
+                .any(|p| p.starts_with("special/haiku.yaml") && p.contains(needle)),
+            "{needle} in {text:#?}"
+        );
+    }
+    assert!(
+        text.iter().any(|p| p.starts_with("special/tanka.yaml")
+            && p.contains("result_schema is only for output_format json")),
+        "{text:#?}"
+    );
+}
+
 #[tokio::test]
 async fn a_served_prompts_directory_is_reloaded_on_change_and_a_broken_change_keeps_the_last_good()
 {

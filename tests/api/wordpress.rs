@@ -18,8 +18,9 @@ use crate::helpers::{PASSWORD, ServerProcess, TestApp, builder, email, expect_er
 /// 100 words beyond.
 const ARTICLE_COST: i64 = 270;
 
-/// What the fake writes for one article: the note, a one-line plan, the section, and the
-/// edited article (the pipeline's result).
+/// What the fake writes for one article: the note, a one-line plan, the section, and its edit
+/// (the article's body); the length top-up and the Title/Description get the fake's default
+/// answers (a top-up shorter than the part is not used; the Title stays out of the post).
 const ARTICLE: &str = "# Как выбрать робот-пылесос\n\nВведение о пылесосах.\n\n\
     ## Мощность всасывания\n\nТекст <script>alert(1)</script> раздела.\n\n\
     - первый пункт\n- второй пункт\n\n| модель | цена |\n|---|---|\n| A | [данные] |\n";
@@ -240,6 +241,26 @@ async fn the_plugin_generates_polls_publishes_and_reads_statistics() {
             .all(|w| w[0]["date"].as_str() < w[1]["date"].as_str()),
         "oldest first"
     );
+}
+
+#[tokio::test]
+async fn an_article_needs_a_pro_model_and_is_refused_unpaid_without_one() {
+    let fake = FakeLlm::start().await;
+    let app = app_with(&fake, &[("OPENAI_MODEL", "gpt-4o-mini")]).await;
+    let owner = app.register(&email("wp-lite")).await;
+    app.topup(&owner.user_id, 1000).await;
+    let (_, password) = site(&app, "lite.example.com", Some(&owner.user_id)).await;
+    let body = json!({"title": "Как ухаживать за садом"});
+    let response = post(&app, "/api/v1/article/generate", &password, &body).await;
+    let error = expect_error(response, 503, "providers_unavailable").await;
+    assert!(
+        error["detail"].as_str().unwrap().contains("pro model"),
+        "{error}"
+    );
+    assert_eq!(app.balance_and_ledger_sum(&owner.user_id), (1000, 1000));
+    let list = get_json(&app, "/api/v1/article", &password).await;
+    assert_eq!(list["pagination"]["total"], 0);
+    assert!(fake.requests().is_empty());
 }
 
 #[tokio::test]
