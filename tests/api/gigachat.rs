@@ -191,6 +191,26 @@ async fn the_configured_model_is_used_without_an_override() {
 }
 
 #[tokio::test]
+async fn standard_quality_uses_the_quality_model() {
+    let server = MockServer::start().await;
+    mount_token(&server, "access-1", 1).await;
+    Mock::given(method("POST"))
+        .and(path(CHAT_PATH))
+        .and(body_partial_json(json!({"model": "GigaChat-2-Pro"})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("ok", "stop")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let request = ChatRequest {
+        quality: easy_writer::llm::Quality::Standard,
+        ..request()
+    };
+    let client = client(&server);
+    assert_eq!(client.model_for(&request), "GigaChat-2-Pro");
+    assert_eq!(client.chat(&request).await.unwrap().text, "ok");
+}
+
+#[tokio::test]
 async fn streaming_appends_deltas_and_takes_usage_from_the_last_chunk() {
     let server = MockServer::start().await;
     mount_token(&server, "access-1", 1).await;

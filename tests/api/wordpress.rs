@@ -18,9 +18,9 @@ use crate::helpers::{PASSWORD, ServerProcess, TestApp, builder, email, expect_er
 /// 100 words beyond.
 const ARTICLE_COST: i64 = 270;
 
-/// What the fake writes for one article: the note, a one-line plan, the section, and its edit
-/// (the article's body); the length top-up and the Title/Description get the fake's default
-/// answers (a top-up shorter than the part is not used; the Title stays out of the post).
+/// What the fake writes for one article: the note, a one-line plan, the section, its edit (the
+/// article's body), a length top-up shorter than the part (not used), and the Title and
+/// Description (which stay out of the post).
 const ARTICLE: &str = "# Как выбрать робот-пылесос\n\nВведение о пылесосах.\n\n\
     ## Мощность всасывания\n\nТекст <script>alert(1)</script> раздела.\n\n\
     - первый пункт\n- второй пункт\n\n| модель | цена |\n|---|---|\n| A | [данные] |\n";
@@ -30,7 +30,11 @@ fn script_article(fake: &FakeLlm) {
     fake.then(Reply::text(&["Записка."]))
         .then(Reply::text(&["Как выбрать робот-пылесос"]))
         .then(Reply::text(&["Раздел."]))
-        .then(Reply::text(&[head, tail]));
+        .then(Reply::text(&[head, tail]))
+        .then(Reply::text(&["Коротко."]))
+        .then(Reply::text(&[
+            "**Title:** Робот-пылесос\n**Description:** Как выбрать.",
+        ]));
 }
 
 /// A server whose only text provider is `fake`.
@@ -171,6 +175,7 @@ async fn the_plugin_generates_polls_publishes_and_reads_statistics() {
     }
     // The title is WordPress's to show: it is not repeated in the body.
     assert!(!content.contains("Как выбрать робот-пылесос"), "{content}");
+    assert!(!content.contains("Description"), "{content}");
 
     // The tool got the title, keywords and length as its input.
     let first = fake.user_message(0);
