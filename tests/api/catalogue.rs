@@ -229,38 +229,30 @@ fn a_prompts_directory_may_add_tools_and_broken_files_are_named() {
     );
 }
 
-/// A tool file using every setting the catalogue checks, each one wrong.
-const MISCONFIGURED: &str = r#"
-name: Хокку
-description: Три строки о теме.
-icon: feather
-supports_modes: [quick]
-estimated_cost: 3
-costs: {quick: 3}
-output_format: json
+/// [`EXTRA_TOOL`] using every setting the catalogue checks, each one wrong.
+fn misconfigured() -> String {
+    EXTRA_TOOL
+        .replace(
+            "output_format: text",
+            "output_format: json
 temperature: 1.5
 max_tokens: 0
 price_per_unit: {field: topic, unit: pages, included: 1, rates: {standard: 2}}
 length: {field: topic, words_per_unit: 0}
-disclaimers: [{text: " ", when: {field: kind, values: [a]}}]
-title_page: {kind: ""}
-input_schema:
-  type: object
-  additionalProperties: false
-  required: [topic]
-  properties:
-    topic: {type: string, title: Тема, minLength: 1, maxLength: 200}
-system_prompt: "Ты поэт. Тема: {topic}"
-user_template: "Тема: {topic}"
-steps:
-  - {name: Мета, per_section: true, prepend: true, system_prompt: Ты редактор., user_template: "{part}"}
-"#;
+disclaimers: [{text: \" \", when: {field: kind, values: [a]}}]
+title_page: {kind: \"\"}",
+        )
+        .replace("system_prompt: Ты поэт.", "system_prompt: \"Ты поэт. Тема: {topic}\"")
+        + "steps:
+  - {name: Мета, per_section: true, prepend: true, system_prompt: Ты редактор., user_template: \"{part}\"}
+"
+}
 
 #[test]
 fn every_wrong_setting_of_a_tool_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     copy_prompts(dir.path());
-    write(dir.path(), "special/haiku.yaml", MISCONFIGURED);
+    write(dir.path(), "special/haiku.yaml", &misconfigured());
     write(
         dir.path(),
         "special/tanka.yaml",
